@@ -1,0 +1,86 @@
+"""Accuracy over any Runner: top-1/top-5 against labels and, optionally, agreement with a reference runner
+(e.g. the fp32 PyTorch model) so a compressed or exported variant is judged on both."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from vitdeploy.bench.runners import Runner
+from vitdeploy.errors import VitDeployError
+
+
+def _as_numpy(x: torch.Tensor | np.ndarray, dtype: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x), dtype=dtype)
+
+
+def cosine_per_sample(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `a` with the same row of `b` (float64)."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(denom, 1e-12)
+
+
+def compare_logits(got: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
+    """max/mean abs diff, mean per-sample cosine, top-1 agreement and n of two logit arrays."""
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    if got.shape != ref.shape:
+        raise VitDeployError(f"logit shapes differ: {got.shape} vs {ref.shape}")
+    diff = np.abs(got - ref)
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "cosine": float(cosine_per_sample(got, ref).mean()),
+        "top1_agreement": float((got.argmax(axis=1) == ref.argmax(axis=1)).mean()),
+        "n": int(len(got)),
+    }
+
+
+def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per-sample bool: is the label among the k highest logits."""
+    k = min(k, logits.shape[1])
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k < logits.shape[1] else np.arange(logits.shape[1])[None]
+    return (top == labels[:, None]).any(axis=1)
+
+
+def evaluate(runner: Runner, batches: Iterable[tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]],
+             reference: Runner | None = None, progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
+    """Top-1 / top-5 (k = min(5, classes)) of `runner` over (images, labels) batches, as fractions.
+
+    With `reference`, also top-1 agreement and mean cosine of the logits against it. Runners that are not
+    active are activated for the call. `progress(n)` is called with each batch's size.
+    """
+    n = top1 = top5 = agree = 0
+    cos_sum = 0.0
+    k = 5
+    with contextlib.ExitStack() as stack:
+        for r in (runner, reference):
+            if r is not None and not r.active:
+                stack.enter_context(r)
+        for images, labels in batches:
+            x = _as_numpy(images, np.float32)
+            y = _as_numpy(labels, np.int64).reshape(-1)
+            logits = runner.infer(x)
+            if logits.ndim != 2 or len(logits) != len(y):
+                raise VitDeployError(f"runner {runner.name!r} gave logits of shape {logits.shape} for {len(y)} labels")
+            k = min(5, logits.shape[1])
+            top1 += int((logits.argmax(axis=1) == y).sum())
+            top5 += int(topk_correct(logits, y, k).sum())
+            if reference is not None:
+                ref = reference.infer(x)
+                agree += int((logits.argmax(axis=1) == ref.argmax(axis=1)).sum())
+                cos_sum += float(cosine_per_sample(logits, ref).sum())
+            n += len(y)
+            if progress is not None:
+                progress(len(y))
+    if n == 0:
+        raise VitDeployError("no samples to evaluate: the data gave no batches")
+    out: dict[str, Any] = {"n": n, "top1": top1 / n, "top5": top5 / n, "topk": k}
+    if reference is not None:
+        out.update(top1_agreement=agree / n, cosine_mean=cos_sum / n, reference=reference.name)
+    return out

@@ -1,0 +1,196 @@
+"""Compression recipes: YAML validated against a dataclass schema. Unknown keys, wrong types and out-of-range
+values are errors that name the key; `--set a.b=value` overrides any field before validation."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from vitdeploy.errors import RecipeError
+
+
+def spec(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float | None = None,
+         lo_open: bool = False, hi_open: bool = False, choices: tuple | None = None, doc: str = "", **kw: Any) -> Any:
+    """A schema field: bounds (closed unless *_open), allowed choices, and a one-line doc for the README."""
+    meta = dict(lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, choices=choices, doc=doc)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class TrainCfg:
+    """One training phase (used by `vitdeploy train` and by fine-tuning after compression)."""
+    epochs: int = spec(5, lo=0, doc="passes over the training split")
+    lr: float = spec(5e-4, lo=0, lo_open=True, doc="peak AdamW learning rate (cosine decay)")
+    weight_decay: float = spec(0.05, lo=0, doc="AdamW weight decay")
+    warmup_epochs: float = spec(0.0, lo=0, doc="linear warm-up before the cosine decay")
+    batch_size: int = spec(64, lo=1, doc="images per step")
+    label_smoothing: float = spec(0.1, lo=0, hi=1, hi_open=True, doc="cross-entropy label smoothing")
+    augment: bool = spec(False, doc="training-time augmentation of the data spec")
+
+
+@dataclass
+class DistillCfg:
+    """Logit distillation from the dense model during fine-tuning: (1-α)·CE + α·T²·KL."""
+    enabled: bool = spec(False, doc="distil from the dense model")
+    temperature: float = spec(4.0, lo=0, lo_open=True, doc="softmax temperature T")
+    alpha: float = spec(0.5, lo=0, hi=1, doc="weight α of the distillation term")
+
+
+@dataclass
+class PruneCfg:
+    """Which dims to remove and how the plan is shaped."""
+    importance: str = spec("magnitude", choices=("magnitude",), doc="how dims are scored")
+    rate: float = spec(0.3, lo=0, hi=1, hi_open=True, doc="fraction of the scored dims to remove")
+    sites: list = spec(["mlp_hidden"], choices=("mlp_hidden",), doc="where dims are removed")
+    alignment: int = spec(8, choices=(8, 16, 32, 64), doc="kept counts are multiples of this")
+    min_keep: float = spec(0.1, lo=0, hi=1, lo_open=True, doc="minimum kept fraction per site and block")
+
+
+@dataclass
+class Recipe:
+    name: str = spec(doc="recipe name")
+    method: str = spec("magnitude", choices=("magnitude",), doc="compression method")
+    description: str = spec("", doc="one line for reports")
+    seed: int = spec(0, doc="seed for data order and sampling")
+    prune: PruneCfg = field(default_factory=PruneCfg)
+    finetune: TrainCfg = field(default_factory=TrainCfg)
+    distill: DistillCfg = field(default_factory=DistillCfg)
+    eval_batches: Optional[int] = spec(None, lo=1, doc="limit evaluation to this many val batches (None: all)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}.get(tp, str(tp))
+
+
+def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        tp = args[0]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool))
+    if not ok:
+        raise RecipeError(f"recipe field '{key}' must be {_type_name(tp)}, got {value!r}")
+    choices = meta.get("choices")
+    if choices:
+        for v in (value if isinstance(value, list) else [value]):
+            if v not in choices:
+                raise RecipeError(f"recipe field '{key}' must be one of {', '.join(map(str, choices))}; got {v!r}")
+        if isinstance(value, list) and not value:
+            raise RecipeError(f"recipe field '{key}' must list at least one of {', '.join(map(str, choices))}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        raise RecipeError(f"recipe field '{key}' must be {'>' if meta.get('lo_open') else '>='} {lo}, got {value}")
+    if hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
+        raise RecipeError(f"recipe field '{key}' must be {'<' if meta.get('hi_open') else '<='} {hi}, got {value}")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe section '{prefix or 'top level'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise RecipeError(f"unknown recipe key '{where}' (known here: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            kwargs[name] = _check_value(key, data[name], hints[name], dict(f.metadata))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            raise RecipeError(f"recipe is missing required key '{key}'")
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`key.sub=value` strings (value parsed as YAML) written into the raw recipe mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {key}: '{p}' is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def available_recipes() -> list[str]:
+    root = importlib.resources.files("vitdeploy.recipes")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_recipe_source(name_or_path: str) -> tuple[dict, str]:
+    """The raw mapping of a packaged recipe name or a YAML path, and where it came from."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise RecipeError(f"recipe file '{path}' does not exist")
+        text, origin = path.read_text(), str(path)
+    else:
+        res = importlib.resources.files("vitdeploy.recipes") / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise RecipeError(f"unknown recipe '{name_or_path}' (packaged: {', '.join(available_recipes())}; or pass a YAML path)")
+        text, origin = res.read_text(), f"packaged:{name_or_path}"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"recipe '{name_or_path}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe '{name_or_path}' must be a YAML mapping at the top level")
+    return data, origin
+
+
+def load_recipe(name_or_path: str, overrides: Optional[list[str]] = None) -> Recipe:
+    data, origin = read_recipe_source(name_or_path)
+    data.setdefault("name", Path(name_or_path).stem)
+    return _build(Recipe, apply_overrides(data, list(overrides or [])))
+
+
+def schema_rows(cls: type = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every leaf field: the README's recipe reference is generated from this."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += schema_rows(tp, key)
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")  # type: ignore[misc]
+        rows.append((key, repr(default), f.metadata.get("doc", "")))
+    return rows

@@ -1,0 +1,26 @@
+"""One exception family. The CLI turns any of these into a single line on stderr and exit code 2."""
+from __future__ import annotations
+
+
+class VitDeployError(Exception):
+    """A problem the user can fix: bad input, a missing file, an unsupported model, a missing backend."""
+
+
+class ModelError(VitDeployError):
+    """Unknown model name, unsupported architecture, or a checkpoint that does not fit the architecture."""
+
+
+class CheckpointError(VitDeployError):
+    """A checkpoint or model dir that is missing, corrupt, or fails its integrity check."""
+
+
+class RecipeError(VitDeployError):
+    """A recipe that cannot be found, parsed, or validated against its schema."""
+
+
+class DataError(VitDeployError):
+    """A data spec that cannot be parsed or a dataset that cannot be read."""
+
+
+class BackendError(VitDeployError):
+    """An unknown backend, or one whose library is not installed here."""

@@ -1,0 +1,131 @@
+"""The model dir: `vitdeploy.json` (architecture, data config, file manifest, provenance) + `model.safetensors`.
+Loading rebuilds the module tree from the JSON and fills it from safetensors: nothing is ever unpickled."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from vitdeploy.errors import CheckpointError
+from vitdeploy.io import atomic_file, atomic_write_json, sha256_file
+from vitdeploy.models.arch import ArchSpec
+
+FORMAT = "vitdeploy.model"
+FORMAT_VERSION = 1
+CONFIG = "vitdeploy.json"
+WEIGHTS = "model.safetensors"
+
+
+def is_model_dir(path: str | Path) -> bool:
+    return (Path(path) / CONFIG).is_file()
+
+
+def json_ready(obj: Any) -> Any:
+    """Tuples to lists, recursively, so configs survive a JSON round trip the same way every time."""
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
+def save_weights(model: nn.Module, path: Path, arch: ArchSpec) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_file(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT, "arch": json.dumps(arch.to_dict())})
+
+
+def save_model_dir(out: str | Path, model: nn.Module, arch: ArchSpec, data_config: dict, **extra: Any) -> Path:
+    """Write weights first and the JSON (with the sha256 manifest) last, so a dir without a valid JSON is never
+    mistaken for a model. Callers write into a staged dir (vitdeploy.io.staged_dir) for whole-dir atomicity."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights(model, out / WEIGHTS, arch)
+    cfg = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": arch.to_dict(),
+        "data_config": json_ready(data_config),
+        "files": {WEIGHTS: {"sha256": sha256_file(out / WEIGHTS), "bytes": (out / WEIGHTS).stat().st_size}},
+        **json_ready(extra),
+    }
+    atomic_write_json(out / CONFIG, cfg)
+    return out
+
+
+def read_config(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        cfg = json.loads((path / CONFIG).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"'{path}' is a folder but not a vitdeploy model dir (no {CONFIG})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"model dir '{path}': {CONFIG} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise CheckpointError(f"model dir '{path}': {CONFIG} is not a vitdeploy model description")
+    if cfg.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"model dir '{path}' has format version {cfg['format_version']}; this vitdeploy reads up to {FORMAT_VERSION}")
+    return cfg
+
+
+def verify_files(path: Path, cfg: dict) -> None:
+    for name, rec in cfg.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"model dir '{path}' is incomplete: {name} is missing")
+        if f.stat().st_size != rec.get("bytes") or sha256_file(f) != rec.get("sha256"):
+            raise CheckpointError(f"model dir '{path}' is damaged: {name} does not match its recorded sha256")
+
+
+def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file or a torch file (weights_only=True): never unpickles code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint '{path}' is not a readable safetensors file ({_first_line(e)})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, zip errors, EOF: all mean "not a safe, whole torch checkpoint"
+        raise CheckpointError(f"checkpoint '{path}' cannot be loaded safely as tensors (weights_only=True): {_first_line(e)}") from None
+    return _unwrap_state(obj, path)
+
+
+def _unwrap_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint '{path}' does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def safetensors_arch(path: str | Path) -> dict | None:
+    """The architecture vitdeploy stored in a safetensors file's metadata, if any."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:
+        return None
+    if meta.get("format") == FORMAT and "arch" in meta:
+        try:
+            return json.loads(meta["arch"])
+        except json.JSONDecodeError:
+            return None
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:300] if s else type(e).__name__

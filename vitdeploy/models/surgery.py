@@ -1,0 +1,295 @@
+"""Surgery modules: drop-in replacements for timm's Attention, Mlp and Linear that keep timm's attribute names
+(`qkv`, `proj`, `fc1`, `fc2`) so code that walks a timm model still works, and whose shapes can differ from
+the dense model's. They are constructed from dims alone (so a model dir can rebuild them before loading weights)
+and filled by the `slice_*` functions, which cut kept rows/columns out of a dense or already-sliced module."""
+from __future__ import annotations
+
+import copy
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Mlp
+from timm.layers.attention import Attention
+
+Index = Optional[Sequence[int] | torch.Tensor]
+
+
+class IndexSelect(nn.Module):
+    """Keep a subset of the last dim: y = x[..., index]. Exported to ONNX as one Gather."""
+
+    def __init__(self, in_features: int, num_kept: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.register_buffer("index", torch.arange(num_kept, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(-1, self.index)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.index.numel()}"
+
+
+class LowRankLinear(nn.Module):
+    """y = up(down(x)): a Linear of rank `rank` as two thin layers; the bias sits on the second."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        return self.up.bias
+
+
+def _linear(in_features: int, out_features: int, bias: bool, rank: Optional[int]) -> nn.Module:
+    if rank is None:
+        return nn.Linear(in_features, out_features, bias=bias)
+    return LowRankLinear(in_features, out_features, rank, bias=bias)
+
+
+def _select(in_features: int, in_dim: int) -> nn.Module:
+    return IndexSelect(in_features, in_dim) if in_dim < in_features else nn.Identity()
+
+
+class PrunedAttention(nn.Module):
+    """Multi-head self-attention with its own head count and separate q/k and v head dims.
+
+    The softmax scale is a stored number (the original model's head_dim ** -0.5), never recomputed from the
+    pruned head dim. Inputs may be index-selected (kept input dims of qkv) before the qkv projection.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qk_head_dim: int,
+        v_head_dim: int,
+        scale: float,
+        in_dim: Optional[int] = None,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        qkv_rank: Optional[int] = None,
+        proj_rank: Optional[int] = None,
+        q_norm: Optional[nn.Module] = None,
+        k_norm: Optional[nn.Module] = None,
+        norm: Optional[nn.Module] = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        assert num_heads >= 1 and qk_head_dim >= 1 and v_head_dim >= 1, "attention needs at least one head and dim"
+        in_dim = dim if in_dim is None else in_dim
+        self.dim = dim
+        self.num_heads = num_heads
+        self.qk_head_dim = qk_head_dim
+        self.v_head_dim = v_head_dim
+        self.head_dim = qk_head_dim  # timm's name, kept for code that reads it
+        self.attn_dim = num_heads * v_head_dim  # width entering proj, as in timm
+        self.scale = float(scale)
+        self.fused_attn = True
+        self.in_select = _select(dim, in_dim)
+        self.qkv = _linear(in_dim, num_heads * (2 * qk_head_dim + v_head_dim), qkv_bias, qkv_rank)
+        self.q_norm = q_norm if q_norm is not None else nn.Identity()
+        self.k_norm = k_norm if k_norm is not None else nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.norm = norm if norm is not None else nn.Identity()
+        self.proj = _linear(self.attn_dim, dim, proj_bias, proj_rank)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
+        x = self.in_select(x)
+        B, N, _ = x.shape
+        H, Dqk, Dv = self.num_heads, self.qk_head_dim, self.v_head_dim
+        q, k, v = self.qkv(x).split([H * Dqk, H * Dqk, H * Dv], dim=-1)
+        q = q.reshape(B, N, H, Dqk).transpose(1, 2)  # B, H, N, Dqk
+        k = k.reshape(B, N, H, Dqk).transpose(1, 2)
+        v = v.reshape(B, N, H, Dv).transpose(1, 2)  # B, H, N, Dv
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0,
+                is_causal=is_causal, scale=self.scale,
+            )
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # B, H, N, N
+            if attn_mask is not None:
+                attn = attn + attn_mask
+            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+        x = x.transpose(1, 2).reshape(B, N, H * Dv)
+        return self.proj_drop(self.proj(self.norm(x)))
+
+
+class PrunedMlp(nn.Module):
+    """timm's Mlp with any hidden size and optionally index-selected inputs."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        act: nn.Module,
+        in_dim: Optional[int] = None,
+        out_features: Optional[int] = None,
+        bias: tuple[bool, bool] = (True, True),
+        fc1_rank: Optional[int] = None,
+        fc2_rank: Optional[int] = None,
+        norm: Optional[nn.Module] = None,
+        drop: tuple[float, float] = (0.0, 0.0),
+    ) -> None:
+        super().__init__()
+        assert hidden >= 1, "an MLP needs at least one hidden dim"
+        in_dim = dim if in_dim is None else in_dim
+        self.in_select = _select(dim, in_dim)
+        self.fc1 = _linear(in_dim, hidden, bias[0], fc1_rank)
+        self.act = act
+        self.drop1 = nn.Dropout(drop[0])
+        self.norm = norm if norm is not None else nn.Identity()
+        self.fc2 = _linear(hidden, out_features or dim, bias[1], fc2_rank)
+        self.drop2 = nn.Dropout(drop[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop1(self.act(self.fc1(self.in_select(x))))
+        return self.drop2(self.fc2(self.norm(x)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Slicing: build a smaller module that keeps chosen dims of an existing one, weights copied exactly.
+
+
+def _dense_weight(layer: nn.Module) -> torch.Tensor:
+    if isinstance(layer, nn.Linear):
+        return layer.weight.detach()
+    if isinstance(layer, LowRankLinear):
+        return (layer.up.weight @ layer.down.weight).detach()
+    raise TypeError(f"expected a Linear, got {type(layer).__name__}")
+
+
+def _bias(layer: nn.Module) -> Optional[torch.Tensor]:
+    b = layer.bias
+    return None if b is None else b.detach()
+
+
+def _copy_linear(dst: nn.Linear, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    with torch.no_grad():
+        dst.weight.copy_(weight)
+        if dst.bias is not None:
+            dst.bias.copy_(bias)
+
+
+def _as_index(idx: Index, n: int) -> torch.Tensor:
+    if idx is None:
+        return torch.arange(n, dtype=torch.long)
+    t = torch.as_tensor(idx, dtype=torch.long).flatten()
+    if t.numel() == 0 or t.min() < 0 or t.max() >= n or t.unique().numel() != t.numel():
+        raise ValueError(f"kept indices must be unique, non-empty and within [0, {n})")
+    return t.sort().values
+
+
+def _input_index(module: nn.Module) -> Optional[torch.Tensor]:
+    sel = getattr(module, "in_select", None)
+    return sel.index if isinstance(sel, IndexSelect) else None
+
+
+def _compose_in(module: nn.Module, in_idx: Index, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept positions within the module's current inputs, and those positions in the full residual width."""
+    cur = _input_index(module)
+    n_cur = width if cur is None else cur.numel()
+    local = _as_index(in_idx, n_cur)
+    full = local if cur is None else cur[local]
+    return local, full
+
+
+def attention_dims(attn: nn.Module) -> dict:
+    """num_heads, qk/v head dims, input width and scale of a timm Attention or a PrunedAttention."""
+    if isinstance(attn, PrunedAttention):
+        return dict(num_heads=attn.num_heads, qk_head_dim=attn.qk_head_dim, v_head_dim=attn.v_head_dim, scale=attn.scale)
+    if isinstance(attn, Attention):
+        return dict(num_heads=attn.num_heads, qk_head_dim=attn.head_dim, v_head_dim=attn.head_dim, scale=float(attn.scale))
+    raise TypeError(f"unsupported attention module {type(attn).__name__}")
+
+
+def slice_attention(
+    attn: nn.Module,
+    dim: int,
+    heads: Index = None,
+    qk_idx: Optional[torch.Tensor] = None,
+    v_idx: Optional[torch.Tensor] = None,
+    in_idx: Index = None,
+) -> PrunedAttention:
+    """A PrunedAttention that keeps `heads` (indices of the current heads), per kept head the q/k dims `qk_idx[h]`
+    and v dims `v_idx[h]` (2-D tensors, same count for every head), and input dims `in_idx`.
+    It computes exactly what `attn` computes with the dropped dims zeroed. Low-rank layers are densified."""
+    d = attention_dims(attn)
+    H, Dqk, Dv = d["num_heads"], d["qk_head_dim"], d["v_head_dim"]
+    heads_t = _as_index(heads, H)
+    qk = torch.arange(Dqk).expand(len(heads_t), Dqk) if qk_idx is None else torch.as_tensor(qk_idx, dtype=torch.long)
+    vv = torch.arange(Dv).expand(len(heads_t), Dv) if v_idx is None else torch.as_tensor(v_idx, dtype=torch.long)
+    if qk.shape[0] != len(heads_t) or vv.shape[0] != len(heads_t):
+        raise ValueError("qk_idx and v_idx need one row per kept head")
+    qk, vv = qk.sort(dim=1).values, vv.sort(dim=1).values
+    # rows of qkv: [q heads | k heads | v heads], each head a contiguous block
+    q_rows = (heads_t[:, None] * Dqk + qk).flatten()
+    k_rows = H * Dqk + q_rows
+    v_rows = 2 * H * Dqk + (heads_t[:, None] * Dv + vv).flatten()
+    rows = torch.cat([q_rows, k_rows, v_rows])
+    local_in, _ = _compose_in(attn, in_idx, dim)
+
+    w_qkv, b_qkv = _dense_weight(attn.qkv), _bias(attn.qkv)
+    w_proj, b_proj = _dense_weight(attn.proj), _bias(attn.proj)
+    new = PrunedAttention(
+        dim, len(heads_t), qk.shape[1], vv.shape[1], d["scale"], in_dim=len(local_in),
+        qkv_bias=b_qkv is not None, proj_bias=b_proj is not None,
+        q_norm=_sliced_head_norm(attn.q_norm, qk), k_norm=_sliced_head_norm(attn.k_norm, qk),
+        norm=_sliced_norm(attn.norm, v_rows - 2 * H * Dqk),
+        attn_drop=attn.attn_drop.p, proj_drop=attn.proj_drop.p,
+    )
+    _, full_in = _compose_in(attn, in_idx, dim)
+    if isinstance(new.in_select, IndexSelect):
+        new.in_select.index.copy_(full_in)
+    _copy_linear(new.qkv, w_qkv[rows][:, local_in], None if b_qkv is None else b_qkv[rows])
+    _copy_linear(new.proj, w_proj[:, v_rows - 2 * H * Dqk], b_proj)
+    new.fused_attn = getattr(attn, "fused_attn", True)
+    return new.train(attn.training)
+
+
+def _sliced_head_norm(norm: nn.Module, kept: torch.Tensor) -> nn.Module:
+    """q/k norm over the head dim: only removable when nothing is cut from the head dim."""
+    if isinstance(norm, nn.Identity):
+        return nn.Identity()
+    if kept.shape[1] != getattr(norm, "normalized_shape", (kept.shape[1],))[0]:
+        raise ValueError("cannot prune q/k head dims of a model with qk_norm (the norm spans the whole head)")
+    return norm
+
+
+def _sliced_norm(norm: nn.Module, kept: torch.Tensor) -> nn.Module:
+    if isinstance(norm, nn.Identity):
+        return nn.Identity()
+    if kept.numel() != getattr(norm, "normalized_shape", (kept.numel(),))[0]:
+        raise ValueError("cannot prune dims that a scale norm spans (scale_attn_norm / scale_mlp_norm)")
+    return norm
+
+
+def slice_mlp(mlp: nn.Module, dim: int, hidden_idx: Index = None, in_idx: Index = None) -> PrunedMlp:
+    """A PrunedMlp keeping hidden dims `hidden_idx` (fc1 rows, fc2 columns) and input dims `in_idx`."""
+    if not isinstance(mlp, (Mlp, PrunedMlp)):
+        raise TypeError(f"unsupported MLP module {type(mlp).__name__}")
+    w1, b1 = _dense_weight(mlp.fc1), _bias(mlp.fc1)
+    w2, b2 = _dense_weight(mlp.fc2), _bias(mlp.fc2)
+    hid = _as_index(hidden_idx, w1.shape[0])
+    local_in, full_in = _compose_in(mlp, in_idx, dim)
+    new = PrunedMlp(
+        dim, len(hid), copy.deepcopy(mlp.act), in_dim=len(local_in), out_features=w2.shape[0],
+        bias=(b1 is not None, b2 is not None), norm=_sliced_norm(mlp.norm, hid),
+        drop=(mlp.drop1.p, mlp.drop2.p),
+    )
+    if isinstance(new.in_select, IndexSelect):
+        new.in_select.index.copy_(full_in)
+    _copy_linear(new.fc1, w1[hid][:, local_in], None if b1 is None else b1[hid])
+    _copy_linear(new.fc2, w2[:, hid], b2)
+    return new.train(mlp.training)
