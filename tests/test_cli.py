@@ -163,3 +163,12 @@ def test_bad_input_is_one_line(capsys, tmp_path, bad_files, case, args, match):
     assert match in err, err
     assert not out.exists() and not (tmp_path / "out.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no staging leftovers
+
+
+def test_pretrained_without_hub_fails_in_one_line(capsys, tmp_path, monkeypatch):
+    from vitdeploy.models import arch
+
+    monkeypatch.setattr(arch, "_hub_reachable", lambda *a, **k: False)  # this machine has no network anyway
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # and an empty cache
+    code, _, err = run(capsys, "info", "deit_tiny_patch16_224", "--pretrained")
+    assert code == 2 and err.count("\n") == 1 and "pretrained weights" in err and "not reachable" in err

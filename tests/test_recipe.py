@@ -57,3 +57,11 @@ def test_schema_rows_cover_every_leaf():
     keys = [k for k, _, _ in schema_rows()]
     assert "prune.rate" in keys and "distill.temperature" in keys and "finetune.lr" in keys
     assert all(doc for _, _, doc in schema_rows())
+
+
+def test_readme_documents_every_recipe_key():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [k for k, _, _ in schema_rows() if f"| `{k}` |" not in readme]
+    assert not missing, f"README's recipe table lacks {missing}"

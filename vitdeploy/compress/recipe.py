@@ -56,7 +56,7 @@ class PruneCfg:
 
 @dataclass
 class Recipe:
-    name: str = spec(doc="recipe name")
+    name: str = spec("", doc="recipe name (default: the YAML file name)")
     method: str = spec("magnitude", choices=("magnitude",), doc="compression method")
     description: str = spec("", doc="one line for reports")
     seed: int = spec(0, doc="seed for data order and sampling")

@@ -120,7 +120,12 @@ def create_base(base: str, kwargs: dict[str, Any], pretrained: bool = False) -> 
     if not timm.is_model(base):
         raise ModelError(f"unknown model '{base}': not a timm model name, a checkpoint file, or a vitdeploy model dir")
     try:
-        model = timm.create_model(base, pretrained=pretrained, **kwargs)
+        if pretrained:
+            model = _create_pretrained(base, kwargs)
+        else:
+            model = timm.create_model(base, pretrained=False, **kwargs)
+    except ModelError:
+        raise
     except TypeError as e:
         raise ModelError(f"cannot build '{base}' with {kwargs}: {e}") from None
     except Exception as e:  # hub, network, file-system problems while fetching weights
@@ -130,6 +135,32 @@ def create_base(base: str, kwargs: dict[str, Any], pretrained: bool = False) -> 
         raise
     check_supported(model, base)
     return model
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _create_pretrained(base: str, kwargs: dict[str, Any]) -> nn.Module:
+    """timm's pretrained path; with the hub unreachable, only the local cache is tried (no minute of retries)."""
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE or _hub_reachable():
+        return timm.create_model(base, pretrained=True, **kwargs)
+    hub.HF_HUB_OFFLINE = True
+    try:
+        return timm.create_model(base, pretrained=True, **kwargs)
+    except Exception:
+        raise ModelError(f"could not load pretrained weights for '{base}': the model hub is not reachable from here "
+                         "and the weights are not in the local cache") from None
+    finally:
+        hub.HF_HUB_OFFLINE = False
 
 
 def build(arch: ArchSpec) -> VisionTransformer:
