@@ -172,3 +172,15 @@ def test_pretrained_without_hub_fails_in_one_line(capsys, tmp_path, monkeypatch)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # and an empty cache
     code, _, err = run(capsys, "info", "deit_tiny_patch16_224", "--pretrained")
     assert code == 2 and err.count("\n") == 1 and "pretrained weights" in err and "not reachable" in err
+
+
+def test_training_is_reproducible(capsys, tmp_path):
+    """Same seed, same command: the same weights, bit for bit (the fresh model's init is seeded too)."""
+    from safetensors.torch import load_file
+
+    for name in ("a", "b"):
+        torch.manual_seed(123 if name == "a" else 456)  # whatever state the process was in before
+        code, _, err = run(capsys, "train", "vit_digits", "--data", "digits", "--out", tmp_path / name, "--epochs", "1")
+        assert code == 0, err
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -102,9 +102,11 @@ def train(model, checkpoint, arch, pretrained, data, out, epochs, lr, batch_size
     """Train MODEL on SPEC (AdamW, cosine schedule, label smoothing) and write a model dir."""
     from vitdeploy.compress.pipeline import run_train
     from vitdeploy.compress.recipe import TrainCfg
+    from vitdeploy.compress.train import seed_everything
     from vitdeploy.data import parse_data_spec
 
     parse_data_spec(data)
+    seed_everything(seed)  # before the model exists, so a fresh model's initial weights are reproducible too
     loaded = _load(model, checkpoint, arch, pretrained)
     cfg = TrainCfg(epochs=epochs, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, batch_size=batch_size,
                    label_smoothing=label_smoothing, augment=augment)
@@ -124,12 +126,14 @@ def compress(model, checkpoint, arch, pretrained, recipe, data, out, overrides) 
     """Compress MODEL with a recipe; writes a model dir with compress.json."""
     from vitdeploy.compress.pipeline import run_compress
     from vitdeploy.compress.recipe import load_recipe, read_recipe_source
+    from vitdeploy.compress.train import seed_everything
     from vitdeploy.data import parse_data_spec
 
     rec = load_recipe(recipe, list(overrides))
     source = read_recipe_source(recipe)[1]
     if data is not None:
         parse_data_spec(data)
+    seed_everything(rec.seed)
     loaded = _load(model, checkpoint, arch, pretrained)
     r = run_compress(loaded, rec, data, Path(out), source)
     top = r["top1"]

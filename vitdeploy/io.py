@@ -20,6 +20,19 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def read_json(path: str | os.PathLike) -> Any | None:
+    """The parsed JSON at `path`, None when there is no such file; invalid JSON is a one-line user error."""
+    from vitdeploy.errors import VitDeployError
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise VitDeployError(f"'{path}' is not valid JSON") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,6 @@
 (timm name, checkpoint, model dir). Each resolves to runnable artifacts with their input size and data config."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -11,6 +10,7 @@ import onnx
 
 from vitdeploy.bench.runners import Runner, create_runner
 from vitdeploy.errors import VitDeployError
+from vitdeploy.io import read_json
 from vitdeploy.models import LoadedModel, load_model
 
 
@@ -36,13 +36,7 @@ class Artifact:
 
 
 def _export_record(folder: Path) -> dict | None:
-    f = folder / "export.json"
-    if not f.is_file():
-        return None
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError:
-        raise VitDeployError(f"deploy dir '{folder}': export.json is not valid JSON") from None
+    return read_json(folder / "export.json")
 
 
 def _onnx_input_size(path: Path) -> tuple[int, int, int]:

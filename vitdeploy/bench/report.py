@@ -1,23 +1,13 @@
 """`vitdeploy report`: one table of every variant: params, MACs, top-1, and measured latency and throughput."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.io import atomic_write_json, atomic_write_text
+from vitdeploy.io import atomic_write_json, atomic_write_text, read_json
 from vitdeploy.models import count_macs, count_params, load_model_dir
 from vitdeploy.models.modeldir import is_model_dir
-
-
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise VitDeployError(f"'{path}' is not valid JSON") from None
 
 
 def _within(artifact: str, folder: Path) -> bool:
@@ -34,8 +24,8 @@ def collect_run(run: Path, profiles: list[dict]) -> dict[str, Any]:
         raise VitDeployError(f"'{run}' is not a model dir (no vitdeploy.json); report takes the dirs written by train/compress")
     loaded = load_model_dir(run)
     size = tuple(loaded.data_config["input_size"])
-    evaluation = _read_json(run / "eval.json")
-    compress = _read_json(run / "compress.json")
+    evaluation = read_json(run / "eval.json")
+    compress = read_json(run / "compress.json")
     train = loaded.meta.get("train") or {}
     if evaluation is not None:
         top1, top1_source = evaluation.get("top1"), f"eval of {Path(evaluation.get('artifact', '?')).name}"
@@ -95,7 +85,7 @@ def render_markdown(runs: list[dict], host: dict | None) -> str:
 def build_report(run_dirs: list[Path], profile_files: list[Path], out: Path) -> dict:
     profiles = []
     for p in profile_files:
-        data = _read_json(p)
+        data = read_json(p)
         if data is None:
             raise VitDeployError(f"profile file '{p}' does not exist")
         profiles.append(data)
