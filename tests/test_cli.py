@@ -91,7 +91,7 @@ def test_pipeline_end_to_end(capsys, tmp_path, digits_model_dir):
 
 def test_train_writes_a_model_dir(capsys, tmp_path):
     out = tmp_path / "m"
-    code, stdout, err = run(capsys, "train", "vit_digits", "--data", "digits", "--out", out, "--epochs", "3", "--warmup-epochs", "0")
+    code, stdout, err = run(capsys, "train", "vit_digits", "--data", "digits", "--out", out, "--epochs", "5", "--warmup-epochs", "0")
     assert code == 0, err
     cfg = json.loads((out / "vitdeploy.json").read_text())
     assert cfg["train"]["top1"] > 0.3 and cfg["data_config"]["input_size"] == [3, 32, 32]
@@ -184,3 +184,17 @@ def test_training_is_reproducible(capsys, tmp_path):
         assert code == 0, err
     a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eval_and_profile_take_a_bare_checkpoint(capsys, tmp_path, digits_model_dir):
+    from vitdeploy.models import load_model
+
+    state = load_model(str(digits_model_dir)).model.state_dict()
+    ckpt = tmp_path / "weights.pth"
+    torch.save({"model": state}, ckpt)
+    code, out, err = run(capsys, "eval", ckpt, "--arch", "vit_digits", "--data", "digits", "--reference", digits_model_dir)
+    assert code == 0, err
+    assert "agreement 100.00 %" in out
+    code, out, err = run(capsys, "profile", ckpt, "--arch", "vit_digits", "--backend", "torch-cpu", "--batch", "2",
+                         "--iters", "3", "--warmup", "1")
+    assert code == 0, err

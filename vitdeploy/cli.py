@@ -177,8 +177,9 @@ def export(model, checkpoint, arch, pretrained, out, precision, data, opset, sta
 @click.option("--iters", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="seconds per measurement instead of --iters")
 @click.option("--threads", type=click.IntRange(min=1), help="pin intra-op threads (default: the backend's)")
+@click.option("--arch", metavar="NAME", help="timm architecture of a bare checkpoint file given as ARTIFACT")
 @click.option("--out", type=click.Path(dir_okay=False), help="write results as JSON")
-def profile(artifacts, backend, batch, warmup, iters, duration, threads, out) -> None:
+def profile(artifacts, backend, batch, warmup, iters, duration, threads, arch, out) -> None:
     """Latency percentiles and throughput of each ARTIFACT (.onnx, deploy dir, or MODEL) per backend and batch."""
     from rich.console import Console
 
@@ -191,7 +192,7 @@ def profile(artifacts, backend, batch, warmup, iters, duration, threads, out) ->
     for b in backends:
         check_backend_available(b)
     batches = _int_list(batch, "--batch")
-    resolved = [a for spec in artifacts for a in resolve_artifacts(spec)]
+    resolved = [a for spec in artifacts for a in resolve_artifacts(spec, arch)]
     items, sizes = [], {a.input_size for a in resolved}
     if len(sizes) > 1:
         raise VitDeployError(f"artifacts take different input sizes {sorted(sizes)}: profile them separately")
@@ -215,8 +216,9 @@ def profile(artifacts, backend, batch, warmup, iters, duration, threads, out) ->
 @click.option("--reference", metavar="ARTIFACT", help="compare logits with this artifact (agreement, cosine)")
 @click.option("--backend", help="backend to run on (default: ort-cpu for ONNX, torch-cpu for models)")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--arch", metavar="NAME", help="timm architecture of a bare checkpoint file given as ARTIFACT")
 @click.option("--out", type=click.Path(dir_okay=False), help="write results as JSON")
-def eval_cmd(artifact, data, reference, backend, batch_size, out) -> None:
+def eval_cmd(artifact, data, reference, backend, batch_size, arch, out) -> None:
     """Top-1 and top-5 of ARTIFACT on the val split of SPEC."""
     from vitdeploy.bench.accuracy import evaluate
     from vitdeploy.bench.artifacts import resolve_artifacts
@@ -225,8 +227,8 @@ def eval_cmd(artifact, data, reference, backend, batch_size, out) -> None:
     from vitdeploy.io import atomic_write_json
 
     parse_data_spec(data)
-    art = resolve_artifacts(artifact)[0]
-    ref = resolve_artifacts(reference)[0] if reference else None
+    art = resolve_artifacts(artifact, arch)[0]
+    ref = resolve_artifacts(reference, arch)[0] if reference else None
     pick = lambda a: parse_backends(backend)[0] if backend else ("ort-cpu" if a.kind == "onnx" else "torch-cpu")  # noqa: E731
     ds = load_dataset(data, "val", art.data_config)
     loader = make_loader(ds, batch_size)

@@ -58,7 +58,8 @@ def _onnx_artifact(path: Path, record: dict | None, precision: str = "fp32") -> 
     return Artifact(label=str(path), kind="onnx", input_size=size, data_config=cfg, onnx_path=path, precision=precision)
 
 
-def resolve_artifacts(spec: str) -> list[Artifact]:
+def resolve_artifacts(spec: str, arch: Optional[str] = None) -> list[Artifact]:
+    """`arch` names the timm architecture of a bare checkpoint file (as --arch does for MODEL elsewhere)."""
     path = Path(spec)
     if path.is_file() and path.suffix == ".onnx":
         return [_onnx_artifact(path, _export_record(path.parent))]
@@ -66,5 +67,5 @@ def resolve_artifacts(spec: str) -> list[Artifact]:
         record = _export_record(path)
         if record is not None:
             return [_onnx_artifact(path / a["file"], record, a.get("precision", "fp32")) for a in record["artifacts"]]
-    loaded = load_model(spec)
+    loaded = load_model(spec, arch=arch)
     return [Artifact(label=spec, kind="torch", input_size=loaded.input_size, data_config=loaded.data_config, loaded=loaded)]

@@ -12,6 +12,7 @@ from vitdeploy.compress.plan import apply_plan, masked_copy, plan_to_dict
 from vitdeploy.compress.recipe import Recipe, TrainCfg
 from vitdeploy.compress.train import evaluate_top1, fit, seed_everything
 from vitdeploy.data import digits_data_config, load_dataset, make_loader, parse_data_spec
+from vitdeploy.errors import VitDeployError
 from vitdeploy.io import atomic_write_json, staged_dir
 from vitdeploy.models import LoadedModel, block_table, count_macs, count_params, describe, save_model_dir
 from vitdeploy.provenance import provenance
@@ -74,7 +75,6 @@ def run_compress(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: 
         train_loader, val_loader, train_ds, _ = _loaders(data, data_config, recipe.finetune.batch_size, recipe.seed,
                                                          recipe.finetune.augment)
         if train_ds.num_classes != dense.num_classes:
-            from vitdeploy.errors import VitDeployError
             raise VitDeployError(f"the model has {dense.num_classes} classes but data '{data}' has {train_ds.num_classes}: "
                                  "train it on this data first (vitdeploy train)")
     top1 = (lambda m: evaluate_top1(m, val_loader, recipe.eval_batches)) if val_loader is not None else (lambda m: None)
