@@ -125,12 +125,12 @@ def train(model, checkpoint, arch, pretrained, data, out, epochs, lr, batch_size
 def compress(model, checkpoint, arch, pretrained, recipe, data, out, overrides) -> None:
     """Compress MODEL with a recipe; writes a model dir with compress.json."""
     from vitdeploy.compress.pipeline import run_compress
-    from vitdeploy.compress.recipe import load_recipe, read_recipe_source
+    from vitdeploy.compress.recipe import load_recipe, locate_recipe
     from vitdeploy.compress.train import seed_everything
     from vitdeploy.data import parse_data_spec
 
     rec = load_recipe(recipe, list(overrides))
-    source = read_recipe_source(recipe)[1]
+    source = locate_recipe(recipe)[1]
     if data is not None:
         parse_data_spec(data)
     seed_everything(rec.seed)

@@ -149,18 +149,23 @@ def available_recipes() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
-def read_recipe_source(name_or_path: str) -> tuple[dict, str]:
-    """The raw mapping of a packaged recipe name or a YAML path, and where it came from."""
+def locate_recipe(name_or_path: str) -> tuple[Any, str]:
+    """The file behind a packaged recipe name or a YAML path, and a label for where it came from."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise RecipeError(f"recipe file '{path}' does not exist")
-        text, origin = path.read_text(), str(path)
-    else:
-        res = importlib.resources.files("vitdeploy.recipes") / f"{name_or_path}.yaml"
-        if not res.is_file():
-            raise RecipeError(f"unknown recipe '{name_or_path}' (packaged: {', '.join(available_recipes())}; or pass a YAML path)")
-        text, origin = res.read_text(), f"packaged:{name_or_path}"
+        return path, str(path)
+    res = importlib.resources.files("vitdeploy.recipes") / f"{name_or_path}.yaml"
+    if not res.is_file():
+        raise RecipeError(f"unknown recipe '{name_or_path}' (packaged: {', '.join(available_recipes())}; or pass a YAML path)")
+    return res, f"packaged:{name_or_path}"
+
+
+def read_recipe_source(name_or_path: str) -> tuple[dict, str]:
+    """The raw mapping of a packaged recipe name or a YAML path, and where it came from."""
+    source, origin = locate_recipe(name_or_path)
+    text = source.read_text()
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
