@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from vitdeploy.compress.magnitude import magnitude_plan
+from vitdeploy.compress.vtp import magnitude_plan
 from vitdeploy.compress.plan import apply_plan
 from vitdeploy.compress.recipe import PruneCfg
 from vitdeploy.deploy.onnx_export import export_onnx, parity
@@ -19,7 +19,7 @@ from common import gemm_roofline_gflops, interleaved_p50, write_result
 THREADS, ITERS, RATE = 2, 30, 0.4
 
 dense = load_model("deit_small_patch16_224").model.eval()
-pruned = apply_plan(copy.deepcopy(dense), magnitude_plan(dense, PruneCfg(rate=RATE, alignment=8)))
+pruned = apply_plan(copy.deepcopy(dense), magnitude_plan(dense, PruneCfg(rate=RATE, alignment=8, sites=["mlp_hidden"], scope="uniform")))
 size = (3, 224, 224)
 rng = np.random.default_rng(0)
 sessions, stats = {}, {}

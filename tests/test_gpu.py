@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_vit
 from vitdeploy.bench.latency import measure_latency
 from vitdeploy.bench.runners import TorchRunner
-from vitdeploy.compress.magnitude import magnitude_plan
+from vitdeploy.compress.vtp import magnitude_plan
 from vitdeploy.compress.plan import apply_plan, masked_copy
 from vitdeploy.compress.recipe import PruneCfg
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import tiny_vit
-from vitdeploy.compress.magnitude import magnitude_plan
+from vitdeploy.compress.vtp import magnitude_plan
 from vitdeploy.compress.plan import BlockPlan, aligned_keep, apply_plan, masked_copy
 from vitdeploy.compress.recipe import PruneCfg
 from vitdeploy.models import count_params
@@ -23,7 +23,7 @@ def test_aligned_keep(n, rate, alignment):
                                      dict(reg_tokens=2, qkv_bias=False)])
 def test_magnitude_plan_pruned_equals_masked(variant):
     model = tiny_vit(**variant)
-    plan = magnitude_plan(model, PruneCfg(rate=0.4, alignment=8))
+    plan = magnitude_plan(model, PruneCfg(rate=0.4, alignment=8, sites=["mlp_hidden"], scope="uniform"))
     assert all(len(bp.mlp_hidden) % 8 == 0 and len(bp.mlp_hidden) == 152 for bp in plan)
     masked = masked_copy(model, plan)
     pruned = apply_plan(tiny_vit(**variant), plan)

@@ -11,6 +11,10 @@ def test_packaged_recipes_validate(name):
     assert isinstance(r, Recipe) and r.name == name
 
 
+def test_scientific_notation_without_a_dot_is_a_number():
+    assert load_recipe("vtp-40", ["sparsity.l1=1e-3"]).sparsity.l1 == 1e-3
+
+
 def test_overrides_apply_with_types():
     r = load_recipe("mlp-magnitude", ["prune.rate=0.5", "finetune.epochs=2", "distill.enabled=false", "prune.alignment=16"])
     assert (r.prune.rate, r.finetune.epochs, r.distill.enabled, r.prune.alignment) == (0.5, 2, False, 16)
@@ -21,6 +25,7 @@ def test_overrides_apply_with_types():
     ("prune.rate=1.0", "must be < 1"),
     ("prune.rate=-0.1", "must be >= 0"),
     ("prune.rate=abc", "must be a number"),
+    ("prune.rate=nan", "finite"),
     ("prune.alignment=7", "must be one of"),
     ("prune.sites=[attn_magic]", "must be one of"),
     ("prune.sites=[]", "at least one"),
@@ -65,3 +70,16 @@ def test_readme_documents_every_recipe_key():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [k for k, _, _ in schema_rows() if f"| `{k}` |" not in readme]
     assert not missing, f"README's recipe table lacks {missing}"
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["prune.importance=learned", "sparsity.epochs=0"], "needs sparsity.epochs >= 1"),
+    (["prune.remove_heads=true", "prune.sites=[mlp_hidden]"], "remove_heads needs 'attn_out'"),
+    (["prune.sites=[mlp_in, mlp_in]"], "lists a site twice"),
+    (["sparsity.l1=-1"], "must be >= 0"),
+    (["sparsity.score_lr=0"], "must be > 0"),
+    (["sparsity.l1=1e-3x"], "must be a number"),
+])
+def test_cross_field_rules(overrides, match):
+    with pytest.raises(RecipeError, match=match):
+        load_recipe("vtp-40", overrides)

@@ -7,10 +7,11 @@ from typing import Optional
 
 import torch
 
-from vitdeploy.compress.magnitude import magnitude_plan
-from vitdeploy.compress.plan import apply_plan, masked_copy, plan_to_dict
+from vitdeploy.compress.gates import attach_gates, detach_gates, fold_gates, zero_pruned
+from vitdeploy.compress.plan import apply_plan, plan_to_dict
 from vitdeploy.compress.recipe import Recipe, TrainCfg
 from vitdeploy.compress.train import evaluate_top1, fit, seed_everything
+from vitdeploy.compress.vtp import magnitude_scores, plan_from_scores
 from vitdeploy.data import digits_data_config, load_dataset, make_loader, parse_data_spec
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import atomic_write_json, staged_dir
@@ -61,15 +62,25 @@ def run_train(loaded: LoadedModel, data: str, cfg: TrainCfg, out: Path, seed: in
 
 
 @torch.no_grad()
-def _equivalence(pruned: torch.nn.Module, masked: torch.nn.Module, x: torch.Tensor) -> float:
-    return (pruned.eval()(x) - masked.eval()(x)).abs().max().item()
+def _max_diff(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
+    return (a.eval()(x) - b.eval()(x)).abs().max().item()
+
+
+def _stage(name: str, model: torch.nn.Module, input_size: tuple, top1: Optional[float]) -> dict:
+    return {"stage": name, "params": count_params(model), "macs": count_macs(model, input_size), "top1": top1}
 
 
 def run_compress(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: Path, recipe_source: str) -> dict:
+    """VTP end to end: gates, sparsity training (learned importance) or weight magnitudes, a global-threshold
+    plan, fold + slice (checked against the masked gated model), fine-tuning, and a model dir with compress.json."""
     seed_everything(recipe.seed)
+    cfg = recipe.prune
     data_config = data_config_for(loaded, data)
     input_size = tuple(data_config["input_size"])
     dense = loaded.model.eval()
+    if cfg.importance == "learned" and data is None:
+        raise VitDeployError("prune.importance 'learned' trains importance scores and needs --data "
+                             "(or use --set prune.importance=magnitude for a training-free plan)")
     train_loader = val_loader = None
     if data is not None:
         train_loader, val_loader, train_ds, _ = _loaders(data, data_config, recipe.finetune.batch_size, recipe.seed,
@@ -78,32 +89,81 @@ def run_compress(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: 
             raise VitDeployError(f"the model has {dense.num_classes} classes but data '{data}' has {train_ds.num_classes}: "
                                  "train it on this data first (vitdeploy train)")
     top1 = (lambda m: evaluate_top1(m, val_loader, recipe.eval_batches)) if val_loader is not None else (lambda m: None)
+    stages = [_stage("dense", dense, input_size, top1(dense))]
 
-    plan = magnitude_plan(dense, recipe.prune)
-    pruned = apply_plan(copy.deepcopy(dense), plan)
+    # 1. importance: VTP gates trained with the L1 term (the weights train too), or weight magnitudes
+    base = copy.deepcopy(dense)
+    sparsity_history: list = []
+    if cfg.importance == "learned":
+        gates = attach_gates(base, cfg.sites)
+        sp = recipe.sparsity
+        sp_loader = train_loader if sp.batch_size == recipe.finetune.batch_size else _loaders(
+            data, data_config, sp.batch_size, recipe.seed, sp.augment)[0]
+        sparsity_history = fit(base, sp_loader, val_loader, sp, desc="sparsity", gates=gates)["epochs"]
+        stages.append(_stage("sparsity", base, input_size, top1(base)) | {"scores": gates.numel()})
+        detach_gates(base)
+        scores = {(b, s): a.detach().clone() for b, s, a in gates.items()}
+        gate_values = scores
+    else:  # magnitudes rank the dims; the gates stay 1, so folding them changes nothing
+        scores = magnitude_scores(base, list(cfg.sites))
+        gate_values = {k: torch.ones_like(v) for k, v in scores.items()}
+
+    # 2. plan; the masked reference (gated, dropped scores zeroed); the pruned model (scores folded, then sliced)
+    plan, keep = plan_from_scores(base, scores, cfg)
+    masked = copy.deepcopy(base)
+    zero_pruned(attach_gates(masked, cfg.sites, gate_values), keep)
+    pruned = copy.deepcopy(base)
+    attach_gates(pruned, cfg.sites, gate_values)
+    fold_gates(pruned)
+    apply_plan(pruned, plan)
     x = next(iter(val_loader))[0][:32] if val_loader is not None else torch.randn(8, *input_size, generator=torch.Generator().manual_seed(0))
-    max_diff = _equivalence(pruned, masked_copy(dense, plan), x)
+    max_diff = _max_diff(pruned, masked, x)
+    del masked, base
+    stages.append(_stage("pruned", pruned, input_size, top1(pruned)))
 
-    report = {
-        "recipe": recipe.to_dict(), "recipe_source": recipe_source, "model": loaded.source, "data": data,
-        "params": {"before": count_params(dense), "after": count_params(pruned)},
-        "macs": {"before": count_macs(dense, input_size), "after": count_macs(pruned, input_size)},
-        "top1": {"before": top1(dense), "pruned": top1(pruned), "after": None},
-        "equivalence": {"max_abs_diff": max_diff, "inputs": "val images" if val_loader is not None else "seeded random"},
-    }
+    # 3. fine-tuning without the L1 term, optionally distilled from the dense model
     history = {"epochs": []}
     if train_loader is not None and recipe.finetune.epochs > 0:
         history = fit(pruned, train_loader, val_loader, recipe.finetune, teacher=dense, distill=recipe.distill, desc="fine-tune")
-    report["top1"]["after"] = top1(pruned) if val_loader is not None else None
+        stages.append(_stage("finetuned", pruned, input_size, top1(pruned)))
+
+    first, last = stages[0], stages[-1]
+    report = {
+        "recipe": recipe.to_dict(), "recipe_source": recipe_source, "model": loaded.source, "data": data,
+        "params": {"before": first["params"], "after": last["params"]},
+        "macs": {"before": first["macs"], "after": last["macs"]},
+        "top1": {"before": first["top1"], "pruned": next(s["top1"] for s in stages if s["stage"] == "pruned"),
+                 "after": last["top1"] if last["stage"] == "finetuned" else None},
+        "stages": stages,
+        "reduction": {"rate": cfg.rate, "params": 1 - last["params"] / first["params"],
+                      "macs": 1 - last["macs"] / first["macs"],
+                      "scored_dims": sum(v.numel() for v in scores.values()),
+                      "kept_dims": sum(len(k) for k in keep.values())},
+        "equivalence": {"max_abs_diff": max_diff, "reference": "gated model with the dropped scores zeroed",
+                        "inputs": "val images" if val_loader is not None else "seeded random"},
+    }
     for key in ("params", "macs"):
         report[key]["ratio"] = report[key]["after"] / report[key]["before"]
     arch = describe(pruned, loaded.arch.base, loaded.arch.kwargs)
     report["kept"] = block_table(arch)
+    report["dense_blocks"] = block_table(describe(dense, loaded.arch.base, loaded.arch.kwargs))
     report["plan"] = plan_to_dict(plan)
+    report["sparsity"] = sparsity_history
     report["finetune"] = history["epochs"]
     report["provenance"] = provenance(source=loaded.source, data=data, recipe=recipe.name)
     with staged_dir(out) as stage:
         save_model_dir(stage, pruned, arch, data_config, classes=loaded.meta.get("classes"),
                        provenance=report["provenance"], compress={k: report[k] for k in ("recipe", "params", "macs", "top1")})
+        report["plot"] = _plot_kept(report, stage / "kept_dims.png", f"{recipe.name}: kept dims per block")
         atomic_write_json(stage / "compress.json", report)
     return report
+
+
+def _plot_kept(report: dict, path: Path, title: str) -> Optional[str]:
+    """The kept-dims PNG beside compress.json (drawn by the measurement module's plotting helpers)."""
+    try:
+        from vitdeploy.bench.plots import plot_kept_dims
+    except ImportError:
+        return None
+    plot_kept_dims(report["kept"], report["dense_blocks"], path, title)
+    return path.name

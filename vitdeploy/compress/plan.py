@@ -30,14 +30,19 @@ class BlockPlan:
         return self.mlp_in is not None or self.mlp_hidden is not None
 
 
+def align_count(raw: float, total: int, alignment: int, min_keep: float) -> int:
+    """A kept count near `raw`: a multiple of `alignment` (or all `total`), never below the minimum kept
+    fraction (itself rounded up to the alignment), never zero."""
+    if total <= alignment:
+        return total
+    want = round(raw / alignment) * alignment
+    floor = math.ceil(min_keep * total / alignment) * alignment
+    return int(min(total, max(want, floor, alignment)))
+
+
 def aligned_keep(n: int, rate: float, alignment: int, min_keep: float) -> int:
-    """How many of n dims to keep at a pruning rate: a multiple of `alignment` (or all n), never below the
-    minimum kept fraction (itself rounded up to the alignment), never zero."""
-    if n <= alignment:
-        return n
-    want = round((1.0 - rate) * n / alignment) * alignment
-    floor = math.ceil(min_keep * n / alignment) * alignment
-    return int(min(n, max(want, floor, alignment)))
+    """How many of n dims to keep at a pruning rate (see align_count)."""
+    return align_count((1.0 - rate) * n, n, alignment, min_keep)
 
 
 def apply_plan(model: nn.Module, plan: list[BlockPlan]) -> nn.Module:

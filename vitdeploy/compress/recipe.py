@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,25 +46,52 @@ class DistillCfg:
 
 
 @dataclass
+class SparsityCfg(TrainCfg):
+    """VTP's sparsity phase: the task loss plus λ·Σ|a| over every importance score, scores trained with the model."""
+    epochs: int = spec(10, lo=0, doc="passes over the training split with the L1 term (0: no sparsity phase)")
+    l1: float = spec(1e-4, lo=0, doc="λ, weight of the L1 term (the sum of absolute scores) in the objective")
+    score_lr: Optional[float] = spec(None, lo=0, lo_open=True, doc="AdamW learning rate of the scores (None: lr)")
+
+
+SITE_CHOICES = ("attn_in", "attn_qk", "attn_out", "mlp_in", "mlp_hidden")
+
+
+@dataclass
 class PruneCfg:
     """Which dims to remove and how the plan is shaped."""
-    importance: str = spec("magnitude", choices=("magnitude",), doc="how dims are scored")
+    importance: str = spec("learned", choices=("learned", "magnitude"),
+                           doc="learned: VTP scores from the sparsity phase; magnitude: training-free weight norms")
     rate: float = spec(0.3, lo=0, hi=1, hi_open=True, doc="fraction of the scored dims to remove")
-    sites: list = spec(["mlp_hidden"], choices=("mlp_hidden",), doc="where dims are removed")
+    sites: list = spec(["attn_in", "attn_out", "mlp_in", "mlp_hidden"], choices=SITE_CHOICES,
+                       doc="where dims are scored and removed (attn_out: each head's v dims; attn_qk: its q/k dims)")
+    scope: str = spec("global", choices=("global", "uniform"),
+                      doc="global: one threshold over all scores; uniform: the same rate in every block and site")
     alignment: int = spec(8, choices=(8, 16, 32, 64), doc="kept counts are multiples of this")
     min_keep: float = spec(0.1, lo=0, hi=1, lo_open=True, doc="minimum kept fraction per site and block")
+    remove_heads: bool = spec(False, doc="remove whole heads whose v dims fall below the threshold (needs attn_out)")
 
 
 @dataclass
 class Recipe:
     name: str = spec("", doc="recipe name (default: the YAML file name)")
-    method: str = spec("magnitude", choices=("magnitude",), doc="compression method")
+    method: str = spec("vtp", choices=("vtp",), doc="compression method")
     description: str = spec("", doc="one line for reports")
     seed: int = spec(0, doc="seed for data order and sampling")
     prune: PruneCfg = field(default_factory=PruneCfg)
+    sparsity: SparsityCfg = field(default_factory=SparsityCfg)
     finetune: TrainCfg = field(default_factory=TrainCfg)
     distill: DistillCfg = field(default_factory=DistillCfg)
     eval_batches: Optional[int] = spec(None, lo=1, doc="limit evaluation to this many val batches (None: all)")
+
+    def check(self) -> "Recipe":
+        """Rules that span fields; each failure names the keys."""
+        if len(set(self.prune.sites)) != len(self.prune.sites):
+            raise RecipeError("recipe field 'prune.sites' lists a site twice")
+        if self.prune.importance == "learned" and self.sparsity.epochs == 0:
+            raise RecipeError("prune.importance 'learned' needs sparsity.epochs >= 1 (or use importance: magnitude)")
+        if self.prune.remove_heads and "attn_out" not in self.prune.sites:
+            raise RecipeError("prune.remove_heads needs 'attn_out' in prune.sites (a head is removed when its v dims are)")
+        return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -87,7 +115,14 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
         return _build(tp, value, key)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     ok = isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool))
+    if ok and tp is float and not math.isfinite(value):
+        raise RecipeError(f"recipe field '{key}' must be a finite number, got {value!r}")
     if not ok:
         raise RecipeError(f"recipe field '{key}' must be {_type_name(tp)}, got {value!r}")
     choices = meta.get("choices")
@@ -182,7 +217,7 @@ def read_recipe_source(name_or_path: str) -> tuple[dict, str]:
 def load_recipe(name_or_path: str, overrides: Optional[list[str]] = None) -> Recipe:
     data, origin = read_recipe_source(name_or_path)
     data.setdefault("name", Path(name_or_path).stem)
-    return _build(Recipe, apply_overrides(data, list(overrides or [])))
+    return _build(Recipe, apply_overrides(data, list(overrides or []))).check()
 
 
 def schema_rows(cls: type = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from vitdeploy.compress.recipe import DistillCfg, TrainCfg
+from vitdeploy.compress.gates import GateSet
+from vitdeploy.compress.recipe import DistillCfg, SparsityCfg, TrainCfg
 from vitdeploy.progress import make_progress
 
 
@@ -56,15 +57,23 @@ def fit(
     teacher: Optional[nn.Module] = None,
     distill: Optional[DistillCfg] = None,
     desc: str = "train",
+    gates: Optional[GateSet] = None,
 ) -> dict:
-    """Train in place. Returns {"epochs": [{"epoch", "loss", "train_acc", "val_top1"}], "val_top1": last}."""
+    """Train in place. With `gates` (and a SparsityCfg), the objective adds λ·Σ|a| over the scores, which train
+    with their own learning rate and no weight decay. Returns {"epochs": [{"epoch", "loss", "train_acc",
+    "val_top1", ...}], "val_top1": last}."""
     history: list[dict] = []
     if cfg.epochs == 0:
         return {"epochs": history, "val_top1": None}
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    gate_ids = {id(p) for p in gates.parameters()} if gates is not None else set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in gate_ids]
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    lam = cfg.l1 if isinstance(cfg, SparsityCfg) else 0.0
+    if gates is not None:
+        score_lr = cfg.score_lr if isinstance(cfg, SparsityCfg) and cfg.score_lr is not None else cfg.lr
+        groups.append({"params": list(gates.parameters()), "weight_decay": 0.0, "lr": score_lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
     steps_per_epoch = len(train_loader)
     sched = cosine_schedule(opt, cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
     use_kd = teacher is not None and distill is not None and distill.enabled
@@ -75,7 +84,7 @@ def fit(
         task = progress.add_task(desc, total=cfg.epochs * steps_per_epoch, info="")
         for epoch in range(cfg.epochs):
             model.train()
-            loss_sum = correct = seen = 0.0
+            loss_sum = l1_sum = correct = seen = 0.0
             for x, y in train_loader:
                 logits = model(x)  # B, classes
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
@@ -83,18 +92,34 @@ def fit(
                     with torch.no_grad():
                         t_logits = teacher(x)
                     loss = (1 - distill.alpha) * loss + distill.alpha * distill_loss(logits, t_logits, distill.temperature)
+                task_loss = loss.item()
+                if gates is not None:
+                    l1 = gates.l1()
+                    loss = loss + lam * l1
+                    l1_sum += lam * l1.item() * y.numel()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
-                loss_sum += loss.item() * y.numel()
+                loss_sum += task_loss * y.numel()
                 correct += (logits.argmax(-1) == y).sum().item()
                 seen += y.numel()
-                progress.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f} acc {correct / seen:.3f}"
-                                + (f" val {val_top1:.3f}" if val_top1 is not None else ""))
+                progress.update(task, advance=1, info=_status(epoch, cfg.epochs, loss_sum / seen, correct / seen, val_top1,
+                                                              gates, l1_sum / seen))
             val_top1 = evaluate_top1(model, val_loader) if val_loader is not None else None
-            history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen, "val_top1": val_top1})
-            progress.update(task, info=f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f} acc {correct / seen:.3f}"
-                            + (f" val {val_top1:.3f}" if val_top1 is not None else ""))
+            record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen, "val_top1": val_top1}
+            if gates is not None:
+                below = gates.count_below(1e-2, 1e-1)
+                record |= {"l1_term": l1_sum / seen, "scores_below_1e-2": below[0], "scores_below_1e-1": below[1]}
+            history.append(record)
+            progress.update(task, info=_status(epoch, cfg.epochs, loss_sum / seen, correct / seen, val_top1, gates, l1_sum / seen))
     model.eval()
     return {"epochs": history, "val_top1": val_top1}
+
+
+def _status(epoch: int, epochs: int, loss: float, acc: float, val: Optional[float], gates: Optional[GateSet], l1: float) -> str:
+    text = f"epoch {epoch + 1}/{epochs} {'task ' if gates is not None else ''}loss {loss:.3f} acc {acc:.3f}"
+    if gates is not None:
+        below = gates.count_below(1e-2, 1e-1)
+        text += f" L1 {l1:.3f} scores<1e-2 {below[0]} <1e-1 {below[1]}/{gates.numel()}"
+    return text + (f" val {val:.3f}" if val is not None else "")

@@ -1,0 +1,132 @@
+"""VTP planning: from importance scores (learned gates or weight magnitudes) at each (block, site) to a plan that
+deploys well — a global threshold at the pruning rate, kept counts rounded to the alignment, a minimum kept
+fraction per site, and attention kept uniform across heads (q/k and v dims decided separately, whole heads
+optionally removed)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from vitdeploy.compress.gates import site_sizes
+from vitdeploy.compress.plan import BlockPlan, align_count
+from vitdeploy.compress.recipe import PruneCfg
+from vitdeploy.errors import RecipeError
+from vitdeploy.models.surgery import attention_dims
+
+Scores = dict[tuple[int, str], torch.Tensor]
+
+
+# ------------------------------------------------------------------------------------------ magnitude scores
+def _weight(layer: nn.Module) -> torch.Tensor:
+    if not isinstance(layer, nn.Linear):
+        raise RecipeError(f"magnitude importance needs dense Linear layers, found {type(layer).__name__}")
+    return layer.weight.detach()
+
+
+def _norm_weight(norm: nn.Module, n: int, select: nn.Module) -> torch.Tensor:
+    """|γ| of the LayerNorm feeding a site (restricted to the index-selected dims), or ones without an affine."""
+    w = getattr(norm, "weight", None)
+    if w is None:
+        return torch.ones(n)
+    w = w.detach().abs()
+    index = getattr(select, "index", None)
+    return w[index] if index is not None else w
+
+
+@torch.no_grad()
+def magnitude_scores(model: nn.Module, sites: list[str]) -> Scores:
+    """Training-free importance per dim: how much it can read in times how much it can write out. Each
+    (block, site) is scaled to mean 1 so one global threshold can compare sites of different magnitude."""
+    scores: Scores = {}
+    for b, blk in enumerate(model.blocks):
+        attn, mlp = blk.attn, blk.mlp
+        d = attention_dims(attn)
+        H, Dqk, Dv = d["num_heads"], d["qk_head_dim"], d["v_head_dim"]
+        w_qkv, w_proj = _weight(attn.qkv), _weight(attn.proj)
+        w1, w2 = _weight(mlp.fc1), _weight(mlp.fc2)
+        raw = {
+            "attn_in": w_qkv.norm(dim=0) * _norm_weight(blk.norm1, w_qkv.shape[1], getattr(attn, "in_select", None)),
+            "attn_qk": w_qkv[: H * Dqk].norm(dim=1) * w_qkv[H * Dqk: 2 * H * Dqk].norm(dim=1),
+            "attn_out": w_qkv[2 * H * Dqk: 2 * H * Dqk + H * Dv].norm(dim=1) * w_proj.norm(dim=0),
+            "mlp_in": w1.norm(dim=0) * _norm_weight(blk.norm2, w1.shape[1], getattr(mlp, "in_select", None)),
+            "mlp_hidden": w1.norm(dim=1) * w2.norm(dim=0),
+        }
+        for s in sites:
+            scores[(b, s)] = raw[s] / raw[s].mean().clamp_min(1e-12)
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------- planning
+def _survivors(scores: Scores, cfg: PruneCfg) -> dict[tuple[int, str], torch.Tensor]:
+    """Which dims of each (block, site) survive before alignment: a global threshold over all |scores| (the
+    lowest `rate` of them go, ties broken by position), or the same rate in every site when `scope` is uniform."""
+    if cfg.scope == "uniform":
+        out = {}
+        for k, v in scores.items():
+            mask = torch.zeros(v.numel(), dtype=torch.bool)
+            mask[v.abs().topk(int(round((1.0 - cfg.rate) * v.numel()))).indices] = True
+            out[k] = mask
+        return out
+    keys = list(scores)
+    flat = torch.cat([scores[k].abs().flatten() for k in keys])
+    mask = torch.ones(flat.numel(), dtype=torch.bool)
+    mask[flat.argsort(stable=True)[: int(round(cfg.rate * flat.numel()))]] = False
+    return dict(zip(keys, mask.split([scores[k].numel() for k in keys])))
+
+
+def _top(score: torch.Tensor, k: int) -> list[int]:
+    return sorted(score.abs().topk(k).indices.tolist())
+
+
+def _per_head(score: torch.Tensor, heads: list[int], dim: int, surviving: int, cfg: PruneCfg) -> list[list[int]]:
+    """The same number of dims in every kept head (the surviving count of those heads spread evenly, aligned),
+    each head keeping its own best dims."""
+    per = score.abs().view(-1, dim)
+    k = align_count(surviving / len(heads), dim, cfg.alignment, cfg.min_keep)
+    return [_top(per[h], k) for h in heads]
+
+
+def plan_from_scores(model: nn.Module, scores: Scores, cfg: PruneCfg) -> tuple[list[BlockPlan], dict]:
+    """The plan, and per (block, site) the kept indices in score coordinates (to zero the others for the masked
+    reference)."""
+    alive = _survivors(scores, cfg)
+    plan, keep = [], {}
+    for b, blk in enumerate(model.blocks):
+        d = attention_dims(blk.attn)
+        H, Dqk, Dv = d["num_heads"], d["qk_head_dim"], d["v_head_dim"]
+        sizes = site_sizes(blk)
+        bp = BlockPlan()
+        for site in ("attn_in", "mlp_in", "mlp_hidden"):
+            if (b, site) in scores:
+                k = align_count(int(alive[(b, site)].sum()), sizes[site], cfg.alignment, cfg.min_keep)
+                setattr(bp, site, _top(scores[(b, site)], k))
+                keep[(b, site)] = torch.tensor(getattr(bp, site))
+        heads = list(range(H))
+        if (b, "attn_out") in scores:
+            per_head = alive[(b, "attn_out")].view(H, Dv).sum(1)
+            if cfg.remove_heads:
+                heads = _surviving_heads(per_head, scores[(b, "attn_out")].abs().view(H, Dv), cfg)
+            bp.v_idx = _per_head(scores[(b, "attn_out")], heads, Dv, int(per_head[heads].sum()), cfg)
+            keep[(b, "attn_out")] = torch.tensor([h * Dv + j for h, idx in zip(heads, bp.v_idx) for j in idx])
+        if (b, "attn_qk") in scores:
+            per_head = alive[(b, "attn_qk")].view(H, Dqk).sum(1)
+            bp.qk_idx = _per_head(scores[(b, "attn_qk")], heads, Dqk, int(per_head[heads].sum()), cfg)
+            keep[(b, "attn_qk")] = torch.tensor([h * Dqk + j for h, idx in zip(heads, bp.qk_idx) for j in idx])
+        if len(heads) < H:
+            bp.heads = heads
+            if bp.qk_idx is None:
+                bp.qk_idx = [list(range(Dqk)) for _ in heads]
+        plan.append(bp)
+    return plan, keep
+
+
+def _surviving_heads(per_head: torch.Tensor, v: torch.Tensor, cfg: PruneCfg) -> list[int]:
+    """Heads that keep at least half an alignment unit of surviving v dims (at least one: the strongest). A head
+    whose v dims are all gone outputs nothing, so removing it whole is exact."""
+    kept = [h for h in range(len(per_head)) if per_head[h] >= min(cfg.alignment, v.shape[1]) / 2]
+    return kept or [int(v.sum(1).argmax())]
+
+
+def magnitude_plan(model: nn.Module, cfg: PruneCfg) -> list[BlockPlan]:
+    """A plan from weight magnitudes alone, in seconds, for any model (structure-only benchmarks, quick looks)."""
+    return plan_from_scores(model, magnitude_scores(model, list(cfg.sites)), cfg)[0]
