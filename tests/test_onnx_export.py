@@ -159,3 +159,103 @@ def test_external_data_writer(model, exported, tmp_path):
 def test_onnx_summary_missing_file(tmp_path):
     with pytest.raises(VitDeployError):
         onnx_summary(tmp_path / "nope.onnx")
+
+
+# ------------------------------------------------------------------------------ `vitdeploy export` end to end
+def run_cli(capsys, *args):
+    """The CLI in-process, through the same entry point as the console script."""
+    from vitdeploy.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def test_cli_export_all_precisions_with_a_target(capsys, tmp_path, digits_model_dir):
+    import json
+
+    from vitdeploy.io import sha256_file
+
+    out = tmp_path / "deploy"
+    code, stdout, err = run_cli(capsys, "export", digits_model_dir, "--precision", "fp32,fp16,int8", "--calib-images",
+                                "96", "--calib-method", "percentile", "--target", "jetson-orin-nano", "--out", out)
+    assert code == 0, err
+    ex = json.loads((out / "export.json").read_text())
+    arts = {a["precision"]: a for a in ex["artifacts"]}
+    assert list(arts) == ["fp32", "fp16", "int8"] and ex["precisions"] == ["fp32", "fp16", "int8"]
+    for a in arts.values():
+        path = out / a["file"]
+        assert a["bytes"] == path.stat().st_size and a["sha256"] == sha256_file(path) and a["batch_symbolic"]
+        assert a["ops"].get("LayerNormalization") == 13 and "Pow" not in a["ops"] and "Identity" not in a["ops"]
+        assert a["parity"]["n"] == 64 and "digits val images" in ex["parity_inputs"]
+    assert arts["fp32"]["parity"]["max_abs_diff"] < 1e-4 and arts["fp32"]["parity"]["top1_agreement"] == 1.0
+    assert arts["fp16"]["parity"]["cosine"] > 0.999 and arts["fp16"]["io_dtype"] == "fp32"
+    assert arts["int8"]["parity"]["cosine"] > 0.99 and arts["int8"]["parity"]["top1_agreement"] >= 0.9
+    passes = ex["cleanup"]["passes"]
+    assert passes[0]["pass"] == "raw" and all(p["max_abs_diff"] < 1e-4 for p in passes)
+    assert passes[-1]["nodes"] == arts["fp32"]["nodes"] < passes[0]["nodes"]
+    assert len(ex["fp16"]["residual_adds"]) == 12 and ex["fp16"]["kept_for_accuracy"] == []
+    assert ex["fp16"]["agreement"]["cosine"] > 0.999
+    cal = ex["int8"]
+    assert cal["calibration"]["data"] == "digits" and cal["images"] == 96 and cal["method"] == "percentile"
+    assert cal["quantized_nodes"] == 6 * 4 + 1 and cal["activations"].startswith("int8 symmetric")
+    assert ex["target"]["name"] == "jetson-orin-nano" and (out / ex["build_script"]).is_file()
+    assert (out / ex["triton"]["repository"]).is_dir() and ex["tensorrt"]["reason"]  # no TensorRT here
+    manifest = {f["file"]: f for f in ex["files"]}
+    assert {"model.fp32.onnx", "model.fp16.onnx", "model.int8.onnx", "build_engines.sh"} <= set(manifest)
+    assert all(manifest[f]["sha256"] == sha256_file(out / f) for f in manifest)
+    assert not [p for p in out.rglob("*") if "raw" in p.name or p.name.startswith(".")]  # the raw export is gone
+    assert stdout.count("wrote ") >= 3 and "jetson-orin-nano" in stdout
+    for a in arts.values():  # every graph keeps a dynamic batch
+        for batch in (1, 5):
+            x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32), dtype=np.float32)
+            s = ort.InferenceSession(str(out / a["file"]), providers=["CPUExecutionProvider"])
+            t = np.float16 if "16" in s.get_inputs()[0].type else np.float32
+            assert s.run(None, {"input": x.astype(t)})[0].shape == (batch, 10)
+
+
+def test_cli_export_takes_precisions_from_the_target(capsys, tmp_path, digits_model_dir):
+    import json
+
+    out = tmp_path / "cpu"
+    code, _, err = run_cli(capsys, "export", digits_model_dir, "--target", "cpu", "--calib-images", "32",
+                           "--io-dtype", "fp16", "--exclude", "head", "--out", out)
+    assert code == 0, err
+    ex = json.loads((out / "export.json").read_text())
+    assert [a["precision"] for a in ex["artifacts"]] == ["fp32", "int8"]  # the cpu target's precisions
+    assert ex["int8"]["excluded_nodes"] == ["/head/Gemm"] and ex["triton"]["models"]
+
+
+def test_cli_export_without_a_target_still_writes_the_script_and_triton(capsys, tmp_path, digits_model_dir):
+    import json
+
+    out = tmp_path / "plain"
+    code, _, err = run_cli(capsys, "export", digits_model_dir, "--out", out)
+    assert code == 0, err
+    ex = json.loads((out / "export.json").read_text())
+    assert [a["precision"] for a in ex["artifacts"]] == ["fp32"] and ex["target"]["name"] == "gpu"
+    assert (out / "build_engines.sh").is_file() and (out / "triton").is_dir() and ex["tensorrt"]["reason"]
+
+
+BAD_EXPORT = [
+    ("unknown target", ["--target", "nowhere"], "unknown target"),
+    ("calib images 0", ["--precision", "int8", "--calib-images", "0"], "--calib-images"),
+    ("unreadable calib data", ["--precision", "int8", "--calib-data", "imagefolder:{tmp}/none"], "does not exist"),
+    ("calib data spec", ["--precision", "int8", "--calib-data", "mnist"], "mnist"),
+    ("int8 without data", ["--precision", "int8"], "calibration images"),
+    ("unknown layer excluded", ["--precision", "int8", "--calib-images", "8", "--exclude", "blocks.99"], "matches no"),
+    ("io dtype", ["--precision", "fp16", "--io-dtype", "bf16"], "--io-dtype"),
+    ("calib method", ["--precision", "int8", "--calib-method", "kl"], "--calib-method"),
+]
+
+
+@pytest.mark.parametrize("case,args,match", BAD_EXPORT, ids=[b[0] for b in BAD_EXPORT])
+def test_cli_export_bad_input_is_one_line(capsys, tmp_path, digits_model_dir, case, args, match):
+    model = "vit_digits" if case == "int8 without data" else digits_model_dir  # a timm name records no training data
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "export", model, "--out", out, *[a.format(tmp=tmp_path) for a in args])
+    assert code == 2, (case, err)
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert match in err, err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

@@ -1,34 +1,77 @@
-"""`vitdeploy export`: from a model to a deploy dir with ONNX graphs, their parity with PyTorch, and export.json."""
+"""`vitdeploy export`: from a model to a deploy dir.
+
+    model ─trace─▶ raw FP32 ONNX ─cleanup passes (parity after each)─▶ clean FP32 ─┬─▶ model.fp32.onnx
+                                                                                  ├─▶ model.fp16.onnx (+ sensitivity)
+                                                                                  └─▶ model.int8.onnx (calibrated Q/DQ)
+    then, with a target: TensorRT engines where possible, build_engines.sh, triton/ — and export.json.
+
+Everything is built in a staging folder that is moved into place only when complete, so a failure at any step
+leaves nothing behind. The raw export is an intermediate and never lands in the deploy dir.
+"""
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
+import onnx
 import torch
 
-from vitdeploy.data import load_dataset
-from vitdeploy.deploy.onnx_export import export_onnx, onnx_summary, parity
-from vitdeploy.errors import VitDeployError
+from vitdeploy.data import calibration_subset, load_dataset
+from vitdeploy.deploy.fp16 import IO_DTYPES, build_fp16
+from vitdeploy.deploy.graph import clean_graph
+from vitdeploy.deploy.int8 import DEFAULT_CALIB_IMAGES, Int8Config, quantize_int8
+from vitdeploy.deploy.onnx_export import _run_chunked, export_onnx, onnx_summary
+from vitdeploy.errors import DataError, VitDeployError
 from vitdeploy.io import atomic_write_json, sha256_file, staged_dir
 from vitdeploy.models import LoadedModel
 from vitdeploy.models.modeldir import json_ready
+from vitdeploy.progress import make_progress
 from vitdeploy.provenance import provenance
 
-PRECISIONS = ("fp32",)  # fp16 and int8 graphs arrive with the export issue
+PRECISIONS = ("fp32", "fp16", "int8")
+PARITY_IMAGES = 64
+PASS_CHECK_IMAGES = 16  # parity after each cleanup pass: enough to catch a pass that changes the function
 
 
 def parse_precisions(spec: str) -> list[str]:
     names = list(dict.fromkeys(p.strip().lower() for p in spec.split(",") if p.strip()))
     bad = [p for p in names if p not in PRECISIONS]
     if not names or bad:
-        raise VitDeployError(f"unsupported precision {', '.join(map(repr, bad)) or repr(spec)}; this build exports: {', '.join(PRECISIONS)}")
+        raise VitDeployError(f"unsupported precision {', '.join(map(repr, bad)) or repr(spec)}; "
+                             f"this build exports: {', '.join(PRECISIONS)}")
     return names
 
 
-def parity_inputs(loaded: LoadedModel, data: Optional[str], n: int = 64) -> tuple[np.ndarray, str]:
+@dataclass
+class ExportConfig:
+    """Everything `vitdeploy export` takes besides the model and the output folder."""
+
+    precisions: Optional[list[str]] = None  # None: the target's precisions, else fp32
+    data: Optional[str] = None  # parity inputs (default: the model's training data)
+    opset: int = 17
+    static_batch: Optional[int] = None
+    io_dtype: str = "fp32"  # FP16 graph input/output type
+    calib_data: Optional[str] = None  # INT8 calibration data (default: the model's training data)
+    calib_images: int = DEFAULT_CALIB_IMAGES
+    int8: Int8Config = field(default_factory=Int8Config)
+    target: Optional[str] = None  # a packaged target name or a YAML path
+
+    def __post_init__(self) -> None:
+        if self.io_dtype not in IO_DTYPES:
+            raise VitDeployError(f"unknown --io-dtype {self.io_dtype!r}; use one of: {', '.join(IO_DTYPES)}")
+        if int(self.calib_images) < 1:
+            raise VitDeployError(f"--calib-images must be >= 1, got {self.calib_images}")
+        if self.precisions is not None:
+            self.precisions = parse_precisions(",".join(self.precisions))
+
+
+# -------------------------------------------------------------------------------------------- inputs
+def parity_inputs(loaded: LoadedModel, data: Optional[str], n: int = PARITY_IMAGES) -> tuple[np.ndarray, str]:
     """Real images from `data` (the model's own training data by default); seeded noise only when there is none."""
-    data = data or (loaded.meta.get("provenance") or {}).get("data")
+    data = data or _training_data(loaded)
     if data:
         ds = load_dataset(data, "val", loaded.data_config)
         x = torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
@@ -37,25 +80,204 @@ def parity_inputs(loaded: LoadedModel, data: Optional[str], n: int = 64) -> tupl
     return torch.randn(16, *loaded.input_size, generator=g).numpy(), "seeded random normal (no data given)"
 
 
-def run_export(loaded: LoadedModel, out: Path, precisions: list[str], data: Optional[str] = None,
-               opset: int = 17, static_batch: Optional[int] = None) -> dict:
-    x, described = parity_inputs(loaded, data)
-    report: dict = {
-        "model": loaded.source, "input_size": list(loaded.input_size), "data_config": json_ready(loaded.data_config),
-        "classes": loaded.meta.get("classes"), "opset": opset,
-        "batch": "dynamic" if static_batch is None else static_batch, "parity_inputs": described, "artifacts": [],
+def calibration_images(loaded: LoadedModel, spec: Optional[str], n: int, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """`n` train-split images of `spec` (all of them when the split is smaller), drawn with a fixed seed."""
+    spec = spec or _training_data(loaded)
+    if not spec:
+        raise DataError("int8 needs calibration images: pass --calib-data SPEC (this model records no training data)")
+    ds = calibration_subset(load_dataset(spec, "train", loaded.data_config), int(n), seed=seed)
+    x = torch.stack([ds[i][0] for i in range(len(ds))]).numpy()
+    return x, {"data": spec, "split": "train", "images": len(ds), "of": len(ds.dataset), "seed": seed}
+
+
+def _training_data(loaded: LoadedModel) -> Optional[str]:
+    return (loaded.meta.get("provenance") or {}).get("data")
+
+
+DEFAULT_TARGET = "gpu"
+
+
+def resolve_target(name: Optional[str]) -> Any:
+    """The deployment target: `name`, or the generic `gpu` target, so that every deploy dir carries
+    build_engines.sh and a Triton repository."""
+    from vitdeploy.deploy.targets import load_target
+
+    return load_target(name or DEFAULT_TARGET)
+
+
+def model_name(loaded: LoadedModel) -> str:
+    src = loaded.source
+    return str(src.get("name") or Path(src.get("path", "model")).stem)
+
+
+# ---------------------------------------------------------------------------------------- reference
+class Reference:
+    """PyTorch FP32 logits on the parity inputs, computed once; every graph is measured against them on ORT CPU."""
+
+    def __init__(self, model: torch.nn.Module, x: np.ndarray, scratch: Path) -> None:
+        from vitdeploy.bench.runners import TorchRunner
+        from vitdeploy.deploy.onnx_export import cpu_fp32_model
+
+        self.x, self.scratch = np.ascontiguousarray(x, dtype=np.float32), scratch
+        with cpu_fp32_model(model) as m, TorchRunner(m) as tr:
+            self.logits = _run_chunked(tr, self.x, 32)
+
+    def logits_of(self, path: Path, n: Optional[int] = None) -> np.ndarray:
+        from vitdeploy.bench.runners import OrtRunner
+
+        x = self.x[:n] if n else self.x
+        with OrtRunner(path, provider="cpu") as r:
+            return _run_chunked(r, x, r.static_batch or 32)
+
+    def parity(self, path: Path, n: Optional[int] = None) -> dict:
+        from vitdeploy.bench.accuracy import compare_logits
+
+        got = self.logits_of(path, n)
+        return compare_logits(got, self.logits[:len(got)])
+
+    def parity_of_model(self, model: onnx.ModelProto, n: Optional[int] = None) -> dict:
+        """Parity of an in-memory graph (written to the scratch folder first: ORT and >2 GB models need a file)."""
+        from vitdeploy.deploy.onnx_export import write_onnx
+
+        path = self.scratch / "check.onnx"
+        write_onnx(model, path)
+        try:
+            return self.parity(path, n)
+        finally:
+            for p in self.scratch.glob("check.onnx*"):
+                p.unlink()
+
+
+def _agreement(ref_logits: np.ndarray, reference: Reference) -> Callable[[onnx.ModelProto], dict]:
+    """compare(model): how well a graph agrees with the clean FP32 graph's logits (the FP16 sensitivity target)."""
+    from vitdeploy.bench.accuracy import compare_logits
+    from vitdeploy.deploy.onnx_export import write_onnx
+
+    def compare(model: onnx.ModelProto) -> dict:
+        path = reference.scratch / "candidate.onnx"
+        write_onnx(model, path)
+        try:
+            return compare_logits(reference.logits_of(path), ref_logits)
+        finally:
+            for p in reference.scratch.glob("candidate.onnx*"):
+                p.unlink()
+
+    return compare
+
+
+# ------------------------------------------------------------------------------------------- export
+def _artifact(stage: Path, files: list[Path], precision: str, parity: dict, **extra: Any) -> dict:
+    path = files[0]
+    s = onnx_summary(path)
+    return {
+        "file": path.name, "precision": precision, "bytes": sum(f.stat().st_size for f in files),
+        "sha256": sha256_file(path), "external_data": [f.name for f in files[1:]], "opset": s["opset"],
+        "nodes": s["nodes"], "ops": s["ops"], "batch_symbolic": s["batch_symbolic"], "inputs": s["inputs"],
+        "outputs": s["outputs"], **extra, "parity": parity,
     }
-    with staged_dir(out) as stage:
-        for precision in precisions:
-            name = f"model.{precision}.onnx"
-            path = export_onnx(loaded.model, stage / name, loaded.input_size, opset=opset, static_batch=static_batch)
-            summary = onnx_summary(path)
-            report["artifacts"].append({
-                "file": name, "precision": precision, "bytes": path.stat().st_size, "sha256": sha256_file(path),
-                "opset": summary["opset"], "nodes": summary["nodes"], "ops": summary["ops"],
-                "batch_symbolic": summary["batch_symbolic"], "inputs": summary["inputs"], "outputs": summary["outputs"],
-                "parity": parity(loaded.model, path, x),
-            })
+
+
+def _file_manifest(stage: Path) -> list[dict]:
+    """Every file in the deploy dir (but export.json itself) with its size and sha256."""
+    return [{"file": str(p.relative_to(stage)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(stage.rglob("*")) if p.is_file() and p.name != "export.json"]
+
+
+def _step_bar() -> Any:
+    """A transient bar over the export steps. It stays off where stderr is not a terminal: rich ends a bar there
+    with a blank line, and a failed export must print exactly one line."""
+    bar = make_progress(transient=True)
+    bar.disable = not bar.console.is_terminal
+    return bar
+
+
+def _steps(precisions: list[str]) -> int:
+    return 2 + 2 * len(precisions) + 2
+
+
+def run_export(loaded: LoadedModel, out: Path, cfg: ExportConfig) -> dict:
+    """Export `loaded` to the deploy dir `out` as `cfg` says; returns what is written to export.json."""
+    target = resolve_target(cfg.target)
+    precisions = cfg.precisions or (list(target.precisions) if cfg.target else ["fp32"])
+    calib = calibration_images(loaded, cfg.calib_data, cfg.calib_images) if "int8" in precisions else None
+    x, described = parity_inputs(loaded, cfg.data)
+    report: dict[str, Any] = {
+        "model": loaded.source, "input_size": list(loaded.input_size), "data_config": json_ready(loaded.data_config),
+        "classes": loaded.meta.get("classes"), "opset": cfg.opset, "precisions": precisions,
+        "batch": "dynamic" if cfg.static_batch is None else cfg.static_batch, "parity_inputs": described,
+        "artifacts": [],
+    }
+    with staged_dir(out) as stage, _step_bar() as bar:
+        task = bar.add_task("export", total=_steps(precisions), info="")
+
+        def step(what: str) -> None:
+            bar.update(task, advance=1, description=what)
+
+        work = stage / ".work"
+        work.mkdir()
+        bar.update(task, description="trace FP32")
+        raw = export_onnx(loaded.model, work / "raw.onnx", loaded.input_size, opset=cfg.opset,
+                          static_batch=cfg.static_batch)
+        ref = Reference(loaded.model, x, work)
+        step("cleanup passes")
+        clean, passes = clean_graph(onnx.load(str(raw)), lambda m: ref.parity_of_model(m, PASS_CHECK_IMAGES))
+        report["cleanup"] = {"passes": passes, "parity_images": min(PASS_CHECK_IMAGES, len(x))}
+        step("clean FP32")
+        graphs = _write_graphs(stage, clean, precisions, cfg, ref, calib, report, step)
+        extras = _deploy_extras(stage, graphs, target, loaded)
+        report["target"] = target.to_dict()
+        report.update({k: v for k, v in extras.items() if k != "target"})
+        step("deploy extras")
+        shutil.rmtree(work)
+        report["files"] = _file_manifest(stage)
         report["provenance"] = provenance(source=loaded.source)
         atomic_write_json(stage / "export.json", report)
+        step("done")
     return report
+
+
+def _write_graphs(stage: Path, clean: onnx.ModelProto, precisions: list[str], cfg: ExportConfig, ref: Reference,
+                  calib: Optional[tuple[np.ndarray, dict]], report: dict, step: Callable[[str], None]) -> list[dict]:
+    """Build, write and measure each requested graph; fills report["artifacts"], ["fp16"], ["int8"]."""
+    from vitdeploy.deploy.onnx_export import write_onnx
+
+    graphs: list[dict] = []
+    fp32_logits: Optional[np.ndarray] = None
+    for precision in PRECISIONS:
+        if precision not in precisions:
+            continue
+        extra: dict[str, Any] = {}
+        if precision == "fp32":
+            model = clean
+        elif precision == "fp16":
+            if fp32_logits is None:
+                fp32_logits = _agreement_base(clean, ref)
+            model, report["fp16"] = build_fp16(clean, _agreement(fp32_logits, ref), cfg.io_dtype)
+            extra["io_dtype"] = cfg.io_dtype
+        else:
+            assert calib is not None
+            model, settings = quantize_int8(clean, calib[0], cfg.int8)
+            report["int8"] = {"calibration": calib[1], **settings}
+        step(f"write {precision}")
+        name = f"model.{precision}.onnx"
+        files = write_onnx(model, stage / name)
+        report["artifacts"].append(_artifact(stage, files, precision, ref.parity(files[0]), **extra))
+        graphs.append({"file": name, "precision": precision})
+        step(f"parity {precision}")
+    return graphs
+
+
+def _agreement_base(clean: onnx.ModelProto, ref: Reference) -> np.ndarray:
+    """Logits of the clean FP32 graph on ORT: what the FP16 graph must agree with."""
+    from vitdeploy.deploy.onnx_export import write_onnx
+
+    path = ref.scratch / "fp32.onnx"
+    write_onnx(clean, path)
+    return ref.logits_of(path)
+
+
+def _deploy_extras(stage: Path, graphs: list[dict], target: Any, loaded: LoadedModel) -> dict:
+    """Engines (where TensorRT can build for the target here), build_engines.sh and triton/."""
+    from vitdeploy.deploy.serving import write_deploy_extras
+
+    return write_deploy_extras(stage, graphs, target, tuple(loaded.input_size), loaded.num_classes, model_name(loaded))
