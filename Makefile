@@ -23,15 +23,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+VARIANTS := vtp-40 mlp-magnitude
+
 demo: $(STAMP)
 	$(VD) train vit_digits --data digits --out $(DEMO)/dense
-	$(VD) compress $(DEMO)/dense --recipe mlp-magnitude --data digits --out $(DEMO)/mlp-magnitude
-	$(VD) export $(DEMO)/dense --precision fp32 --out $(DEMO)/dense/deploy
-	$(VD) export $(DEMO)/mlp-magnitude --precision fp32 --out $(DEMO)/mlp-magnitude/deploy
-	$(VD) eval $(DEMO)/dense/deploy --data digits --out $(DEMO)/dense/eval.json
-	$(VD) eval $(DEMO)/mlp-magnitude/deploy --data digits --reference $(DEMO)/dense/deploy --out $(DEMO)/mlp-magnitude/eval.json
-	$(VD) profile $(DEMO)/dense/deploy $(DEMO)/mlp-magnitude/deploy --backend ort-cpu --batch 1,8 --threads $(THREADS) --iters 200 --out $(DEMO)/profile.json
-	$(VD) report $(DEMO)/dense $(DEMO)/mlp-magnitude --profile $(DEMO)/profile.json --out $(DEMO)
+	for r in $(VARIANTS); do $(VD) compress $(DEMO)/dense --recipe $$r --data digits --out $(DEMO)/$$r || exit 1; done
+	for v in dense $(VARIANTS); do \
+	  $(VD) export $(DEMO)/$$v --precision fp32,fp16,int8 --calib-data digits --target cpu --out $(DEMO)/$$v/deploy || exit 1; done
+	$(VD) eval $(DEMO)/dense/deploy --data digits --out '$(DEMO)/dense/eval.{precision}.json'
+	for v in $(VARIANTS); do \
+	  $(VD) eval $(DEMO)/$$v/deploy --data digits --reference $(DEMO)/dense/deploy --out "$(DEMO)/$$v/eval.{precision}.json" || exit 1; done
+	$(VD) profile $(foreach v,dense $(VARIANTS),$(DEMO)/$(v)/deploy) --backend ort-cpu --batch 1,8 --threads $(THREADS) --iters 200 --op-profile 10 --out $(DEMO)/profile.json
+	$(VD) report $(DEMO)/dense $(foreach v,$(VARIANTS),$(DEMO)/$(v)) --profile $(DEMO)/profile.json --out $(DEMO)
 	@echo; cat $(DEMO)/report.md
 
 test: $(STAMP)

@@ -1,18 +1,18 @@
 """Does ONNX Runtime CPU speed follow MACs for VTP plans? DeiT-S structure (random weights: only shapes matter for
 speed), dense vs VTP-40 plans from the training-free magnitude importance (aligned to 8): the four VTP sites with a
-global threshold, the same with a uniform rate, and the MLP hidden dims alone. All exported by `vitdeploy export`'s
+global threshold, the same with a uniform rate, without the input-dim sites (no index-selects), and the MLP hidden
+dims alone. All exported by `vitdeploy export`'s
 code, timed interleaved in one process with 2 pinned threads at batch 8 and 1, then an ORT op profile per variant so
 any shortfall against the MACs ratio is explained by op type (Gather for index-selects, MatMul, Softmax...).
 Target (issue 3): speedup >= 0.9 x (dense MACs / pruned MACs) at batch 8. Writes results/vtp_ort.json."""
 import copy
-import json
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from vitdeploy.bench.op_profile import ort_op_profile
 from vitdeploy.compress.plan import apply_plan
 from vitdeploy.compress.recipe import PruneCfg
 from vitdeploy.compress.vtp import magnitude_plan
@@ -27,29 +27,14 @@ PLANS = {
     "vtp40_global": PruneCfg(rate=RATE, sites=VTP4, scope="global", alignment=8),
     "vtp40_uniform": PruneCfg(rate=RATE, sites=VTP4, scope="uniform", alignment=8),
     "vtp40_no_input_dims": PruneCfg(rate=RATE, sites=["attn_out", "mlp_hidden"], scope="uniform", alignment=8),
+    "mlp_hidden_only": PruneCfg(rate=RATE, sites=["mlp_hidden"], scope="uniform", alignment=8),
 }
 
 
-def session(path: Path, profile: bool = False) -> ort.InferenceSession:
+def session(path: Path) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
-    if profile:
-        so.enable_profiling = True
-        so.profile_file_prefix = str(path.with_suffix(""))
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def op_profile(path: Path, x: np.ndarray, runs: int = 10) -> dict[str, float]:
-    """Mean ms per run spent in each ONNX op type (ORT's own node timings)."""
-    s = session(path, profile=True)
-    for _ in range(runs):
-        s.run(None, {"input": x})
-    events = json.loads(Path(s.end_profiling()).read_text())
-    per_op: dict[str, float] = defaultdict(float)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_op[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
-    return dict(sorted(((k, round(v, 2)) for k, v in per_op.items()), key=lambda kv: -kv[1]))
 
 
 dense = load_model("deit_small_patch16_224").model.eval()
@@ -74,7 +59,8 @@ with tempfile.TemporaryDirectory() as tmp:
                                   "speedup_over_macs_ratio": round(speedup / macs_ratio, 3)}
         rows.append(row)
     x8 = rng.standard_normal((8, *size), dtype=np.float32)
-    ops = {k: op_profile(p, x8) for k, p in paths.items()}
+    ops = {k: {r["op_type"]: round(r["ms"], 2) for r in ort_op_profile(p, "cpu", THREADS, x8, runs=10, top=12)["by_op_type"]}
+           for k, p in paths.items()}
 
 write_result("vtp_ort", {
     "model": "deit_small_patch16_224 (random weights)", "rate": RATE, "alignment": 8, "importance": "magnitude",

@@ -137,6 +137,8 @@ BAD = [
     ("broken recipe", ["compress", "{model}", "--recipe", "{broken}", "--out", "{out}"], "not valid YAML"),
     ("impossible rate", ["compress", "{model}", "--recipe", "mlp-magnitude", "--set", "prune.rate=1.2", "--out", "{out}"], "prune.rate"),
     ("wrong type", ["compress", "{model}", "--recipe", "mlp-magnitude", "--set", "finetune.epochs=many", "--out", "{out}"], "finetune.epochs"),
+    ("learned scores without data", ["compress", "{model}", "--recipe", "vtp-40", "--out", "{out}"], "needs --data"),
+    ("learned scores, no sparsity", ["compress", "{model}", "--recipe", "vtp-40", "--set", "sparsity.epochs=0", "--out", "{out}"], "sparsity.epochs"),
     ("unknown data spec", ["train", "vit_digits", "--data", "mnist", "--out", "{out}"], "mnist"),
     ("unreadable data path", ["train", "vit_digits", "--data", "imagefolder:{tmp}/no_such_data", "--out", "{out}"], "does not exist"),
     ("eval unreadable data", ["eval", "{model}", "--data", "imagefolder:{tmp}/no_such_data", "--out", "{out}.json"], "does not exist"),

@@ -1,6 +1,7 @@
-"""Runners, backend registry, latency measurement and accuracy evaluation on real torch/onnxruntime."""
+"""Runners, backend registry, latency measurement, op profiles, leak checks and accuracy on real torch/onnxruntime."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -11,8 +12,12 @@ import torch
 
 from vitdeploy.bench import (
     BACKENDS,
+    Extras,
     OrtRunner,
+    ProfileItem,
+    Runner,
     TorchRunner,
+    TrtRunner,
     check_backend_available,
     create_runner,
     evaluate,
@@ -21,12 +26,19 @@ from vitdeploy.bench import (
     parse_backends,
     profile_artifacts,
     results_table,
+    rss_growth,
+    summarize_ort_profile,
 )
+from vitdeploy.bench.accuracy import infer_in_range
+from vitdeploy.bench.artifacts import pair_backends, resolve_artifacts
+from vitdeploy.bench.latency import op_profile_table
+from vitdeploy.cli import main
 from vitdeploy.deploy import export_onnx
 from vitdeploy.errors import BackendError, VitDeployError
 
 INPUT_SIZE = (3, 32, 32)
 HAS_ORT_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +113,7 @@ def test_ort_runner_missing_file(tmp_path):
 # ----------------------------------------------------------------------------------------------- registry
 def test_parse_backends():
     assert parse_backends("ort-cpu, torch-cpu,ort-cpu") == ["ort-cpu", "torch-cpu"]
-    assert set(BACKENDS) == {"torch-cpu", "torch-cuda", "ort-cpu", "ort-cuda", "ort-trt"}
+    assert set(BACKENDS) == {"torch-cpu", "torch-cuda", "ort-cpu", "ort-cuda", "ort-trt", "trt"}
     with pytest.raises(BackendError, match="known: torch-cpu"):
         parse_backends("ort-cpu,tensorflow")
     with pytest.raises(BackendError):
@@ -163,13 +175,101 @@ def test_measure_latency_duration_and_errors(model):
 
 
 def test_profile_artifacts_and_table(model, onnx_path):
-    items = [("vit", lambda: TorchRunner(model, threads=1)), ("vit.onnx", lambda: OrtRunner(onnx_path, threads=1))]
+    items = [ProfileItem("vit", lambda: TorchRunner(model, threads=1), {"precision": "fp32"}),
+             ProfileItem("vit.onnx", lambda: OrtRunner(onnx_path, threads=1), {"precision": "fp32", "kind": "onnx"})]
     out = profile_artifacts(items, [1, 2], warmup=1, iters=3, input_size=INPUT_SIZE, show_progress=False)
     assert out["host"]["logical_cores"] >= 1 and out["host"]["versions"]["torch"]
     rows = [(r["artifact"], r["backend"], r["batch"]) for r in out["results"]]
     assert rows == [("vit", "torch-cpu", 1), ("vit", "torch-cpu", 2), ("vit.onnx", "ort-cpu", 1),
                     ("vit.onnx", "ort-cpu", 2)]
-    assert results_table(out).row_count == 4
+    assert all(r["precision"] == "fp32" for r in out["results"]) and out["results"][2]["kind"] == "onnx"
+    assert out["skipped"] == [] and out["settings"]["iters"] == 3
+    assert "op_profile" not in out["results"][0] and "memory" not in out["results"][0]
+    assert results_table(out).row_count == 4 and op_profile_table(out) is None
+
+
+def test_profile_skips_batches_a_static_graph_refuses(model, tmp_path):
+    static = export_onnx(model, tmp_path / "static.onnx", INPUT_SIZE, static_batch=2)
+    out = profile_artifacts([ProfileItem("static", lambda: OrtRunner(static, threads=1))], [1, 2, 4], warmup=1,
+                            iters=2, input_size=INPUT_SIZE, show_progress=False)
+    assert [r["batch"] for r in out["results"]] == [2]
+    assert [(s["batch"], s["reason"]) for s in out["skipped"]] == [(1, "takes batches 2 to 2"), (4, "takes batches 2 to 2")]
+
+
+def test_profile_extras_on_real_runners(model, onnx_path):
+    """Op profile (ORT only) and leak check come after the timed loop and land in each result."""
+    items = [ProfileItem("vit.onnx", lambda: OrtRunner(onnx_path, threads=1)),
+             ProfileItem("vit", lambda: TorchRunner(model, threads=1))]
+    out = profile_artifacts(items, [2], warmup=1, iters=3, input_size=INPUT_SIZE, show_progress=False,
+                            extras=Extras(op_profile_top=4, op_profile_runs=5, leak_runs=50))
+    ort_row, torch_row = out["results"]
+    prof = ort_row["op_profile"]
+    assert prof["runs"] == 5 and prof["batch"] == 2 and len(prof["by_op_type"]) == 4
+    assert "op_profile" not in torch_row  # PyTorch has no op-level profiler here
+    for row in (ort_row, torch_row):
+        assert row["memory"]["runs"] == 50 and row["memory"]["rss_after_mib"] > 0
+    assert op_profile_table(out).row_count == 1
+
+
+# --------------------------------------------------------------------------------------------- op profile
+def test_op_profile_summary_fields(onnx_path):
+    with OrtRunner(onnx_path, threads=1) as r:
+        prof = r.op_profile(batch(3), runs=6, top=5)
+    assert prof["runs"] == 6 and prof["warmup"] == 3 and prof["kernel_ms_per_run"] > 0
+    types = prof["by_op_type"]
+    assert len(types) == 5 and [t["ms"] for t in types] == sorted((t["ms"] for t in types), reverse=True)
+    assert 0 < sum(t["percent"] for t in types) <= 100.0 + 1e-9
+    assert any(t["op_type"] in ("MatMul", "FusedMatMul", "Gemm") for t in types)  # a ViT spends its time in GEMMs
+    assert all(t["nodes_per_run"] >= 1 for t in types)
+    nodes = prof["by_node"]
+    assert len(nodes) == 5 and all(n["node"] and n["op_type"] and n["ms"] > 0 for n in nodes)
+    assert nodes[0]["ms"] <= types[0]["ms"] + 1e-9  # no node takes more than its whole op type
+
+
+def test_op_profile_skips_warmup_runs(onnx_path, tmp_path):
+    """summarize_ort_profile counts only runs after the skipped ones, on onnxruntime's own profile file."""
+    with OrtRunner(onnx_path, threads=1, profile_dir=str(tmp_path)) as r:
+        for _ in range(7):
+            r.infer(batch(1))
+    events = json.loads(r.profile_path.read_text())
+    everything, later = summarize_ort_profile(events, top=50), summarize_ort_profile(events, skip_runs=4, top=50)
+    assert everything["runs"] == 7 and later["runs"] == 3
+    total = lambda s: sum(t["ms"] for t in s["by_op_type"]) * s["runs"]  # noqa: E731
+    assert total(later) < total(everything)
+    with pytest.raises(VitDeployError, match="no runs"):
+        summarize_ort_profile(events, skip_runs=7)
+
+
+# ------------------------------------------------------------------------------------------------ memory
+class LeakyRunner(Runner):
+    """A runner that keeps 1 MiB per call (touched, so resident), as a real leak would: the check must see it."""
+
+    name = "leaky"
+
+    def _activate(self) -> None:
+        self.kept: list[np.ndarray] = []
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        self.kept.append(np.full(1024 * 1024, len(self.kept) % 251 + 1, dtype=np.uint8))
+        return x.reshape(len(x), -1)[:, :2]
+
+    def _deactivate(self) -> None:
+        self.kept = []
+
+
+def test_no_memory_growth_over_1000_runs(onnx_path):
+    with OrtRunner(onnx_path, threads=1) as r:
+        res = rss_growth(r, batch(2), runs=1000)
+    assert res["runs"] == 1000 and res["growth_mib"] < 4.0, res
+
+
+def test_leak_check_sees_a_real_leak():
+    with LeakyRunner() as r:
+        res = rss_growth(r, batch(1), runs=600, warmup=2)
+    # 600 x 1 MiB kept; the allocator may first refill heap pages earlier tests freed, so ask for a sixth of it
+    assert res["growth_mib"] > 100, res
+    with pytest.raises(VitDeployError, match="not active"):
+        rss_growth(LeakyRunner(), batch(1), runs=10)
 
 
 def test_host_info():
@@ -229,3 +329,121 @@ def test_evaluate_against_reference(model, onnx_path):
     assert res2["top1"] == res["top1"] and 0.0 <= res2["top5"] <= 1.0
     with pytest.raises(VitDeployError, match="no samples"):
         evaluate(r, [])
+
+
+def test_static_graph_evaluates_any_number_of_samples(model, onnx_path, tmp_path):
+    """A static batch-4 graph gives the dynamic graph's logits for 10 samples (chunks of 4, the last padded)."""
+    static = export_onnx(model, tmp_path / "static4.onnx", INPUT_SIZE, static_batch=4)
+    x = batch(10, seed=3)
+    with OrtRunner(static, threads=1) as s, OrtRunner(onnx_path, threads=1) as d:
+        assert s.batch_range == (4, 4) and not s.supports_batch(3) and d.supports_batch(3)
+        np.testing.assert_allclose(infer_in_range(s, x), d.infer(x), atol=1e-5)
+    data = [(x[:7], np.arange(7) % 10), (x[7:], np.arange(3))]
+    assert evaluate(OrtRunner(static, threads=1), data)["n"] == 10
+
+
+# ------------------------------------------------------------------------------------------ fp16 graphs
+def fp16_io_graph(path, classes: int = 10):
+    """A linear classifier whose weights, input and output are all float16 (what an fp16 export with fp16 I/O is)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((int(np.prod(INPUT_SIZE)), classes)).astype(np.float16)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        "fp16", [helper.make_tensor_value_info("input", TensorProto.FLOAT16, ["batch", *INPUT_SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["batch", classes])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))
+    return path, w
+
+
+def test_fp16_io_graph_takes_and_gives_float32(tmp_path):
+    path, w = fp16_io_graph(tmp_path / "model.fp16.onnx")
+    x = batch(3)
+    with OrtRunner(path, threads=1) as r:
+        got = r.infer(x)
+    ref = x.reshape(3, -1).astype(np.float16).astype(np.float32) @ w.astype(np.float32)
+    assert got.dtype == np.float32 and got.shape == (3, 10)
+    np.testing.assert_allclose(got, ref, rtol=2e-2, atol=0.5)  # fp16 accumulation over 3072 inputs
+    (art,) = resolve_artifacts(str(path))
+    assert art.precision == "fp16" and art.kind == "onnx" and len(art.sha256) == 64
+
+
+# ---------------------------------------------------------------------------------- artifacts and engines
+def test_deploy_dir_pairs_graphs_and_engines(model, tmp_path):
+    """A deploy dir's graphs run on ort backends; its engines only with trt, and are skipped (named) otherwise."""
+    deploy = tmp_path / "deploy"
+    export_onnx(model, deploy / "model.fp32.onnx", INPUT_SIZE)
+    fp16_io_graph(deploy / "model.fp16.onnx")
+    (deploy / "engines").mkdir()
+    (deploy / "engines" / "model.fp16.b8.plan").write_bytes(b"not a real engine")
+    (deploy / "export.json").write_text(json.dumps({
+        "input_size": list(INPUT_SIZE),
+        "artifacts": [{"file": "model.fp32.onnx", "precision": "fp32"}, {"file": "model.fp16.onnx", "precision": "fp16"}],
+        "engines": [{"file": "engines/model.fp16.b8.plan", "precision": "fp16"}]}))
+    arts = resolve_artifacts(str(deploy))
+    assert [(a.kind, a.precision) for a in arts] == [("onnx", "fp32"), ("onnx", "fp16"), ("engine", "fp16")]
+    pairs, notes = pair_backends([arts], ["ort-cpu"])
+    assert [(a.precision, b) for a, b in pairs] == [("fp32", "ort-cpu"), ("fp16", "ort-cpu")]
+    assert len(notes) == 1 and "model.fp16.b8.plan" in notes[0]
+    pairs, notes = pair_backends([arts], None)  # eval's default: each kind's own backend, engines on request
+    assert [b for _, b in pairs] == ["ort-cpu", "ort-cpu"] and "--backend trt" in notes[0]
+    with pytest.raises(VitDeployError, match="engines run on backend trt only"):
+        pair_backends([arts[2:]], ["ort-cpu"])
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
+@pytest.mark.parametrize("args", [["profile", "{plan}", "--backend", "trt"], ["profile", "{plan}"],
+                                  ["eval", "{plan}", "--data", "digits"], ["profile", "{onnx}", "--backend", "trt"]])
+def test_engine_without_tensorrt_is_one_line(capsys, tmp_path, onnx_path, args):
+    plan = tmp_path / "model.fp16.b8.plan"
+    plan.write_bytes(b"engine bytes")
+    code, out, err = run_cli(capsys, *[a.format(plan=plan, onnx=onnx_path) for a in args])
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "'tensorrt'" in err and "not usable here" in err
+    with pytest.raises(BackendError, match="tensorrt"):
+        TrtRunner(plan)
+    with pytest.raises(BackendError, match="tensorrt"):
+        create_runner("trt", engine_path=plan)
+
+
+# ------------------------------------------------------------------------------------------- TensorRT
+def build_engine(onnx_file, path, max_batch: int = 8):
+    """A real engine from the exported graph (TensorRT 10/11 builder; dynamic batch 1..max_batch)."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(open(onnx_file, "rb").read()), parser.get_error(0)
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("input", (1, *INPUT_SIZE), (max_batch, *INPUT_SIZE), (max_batch, *INPUT_SIZE))
+    config.add_optimization_profile(profile)
+    path.write_bytes(bytes(builder.build_serialized_network(network, config)))
+    return path
+
+
+@pytest.mark.trt
+def test_trt_runner_matches_onnxruntime(onnx_path, tmp_path):
+    plan = build_engine(onnx_path, tmp_path / "model.fp32.b8.plan")
+    x = batch(5)
+    with TrtRunner(plan) as t, OrtRunner(onnx_path, threads=1) as o:
+        got, ref = t.infer(x), o.infer(x)
+        assert t.batch_range == (1, 8) and not t.supports_batch(9)
+        with pytest.raises(VitDeployError, match="batches of 1 to 8"):
+            t.infer(batch(9))
+    assert got.dtype == np.float32 and np.abs(got - ref).max() < 1e-2
+    (art,) = resolve_artifacts(str(plan))
+    assert art.kind == "engine" and art.input_size == INPUT_SIZE and art.precision == "fp32"
+    res = evaluate(TrtRunner(plan), [(batch(20), np.arange(20) % 10)], reference=OrtRunner(onnx_path, threads=1))
+    assert res["n"] == 20 and res["top1_agreement"] == 1.0

@@ -136,11 +136,25 @@ def compress(model, checkpoint, arch, pretrained, recipe, data, out, overrides) 
     seed_everything(rec.seed)
     loaded = _load(model, checkpoint, arch, pretrained)
     r = run_compress(loaded, rec, data, Path(out), source)
-    top = r["top1"]
-    acc = "" if top["before"] is None else (
-        f", top-1 {100 * top['before']:.2f} → {100 * top['pruned']:.2f} (pruned) → {100 * top['after']:.2f} % (fine-tuned)")
-    _out(f"wrote {out}: params {r['params']['ratio']:.3f}×, MACs {r['macs']['ratio']:.3f}×{acc}; "
-         f"pruned == masked within {r['equivalence']['max_abs_diff']:.1e}")
+    _print_kept(r["kept"], r["dense_blocks"])
+    acc = " → ".join(f"{100 * s['top1']:.2f} ({s['stage']})" for s in r["stages"] if s["top1"] is not None)
+    red = r["reduction"]
+    _out(f"wrote {out}: rate {red['rate']:.2f} removed {100 * red['params']:.1f} % of params and {100 * red['macs']:.1f} % "
+         f"of MACs{'; top-1 % ' + acc if acc else ''}; pruned == masked within {r['equivalence']['max_abs_diff']:.1e}")
+
+
+def _print_kept(kept: list[dict], dense: list[dict]) -> None:
+    """Kept / dense dims per block and site."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="kept dims per block (kept/dense)")
+    cols = ("heads", "qk_head_dim", "v_head_dim", "attn_in", "mlp_in", "mlp_hidden")
+    for col in ("block", *cols):
+        table.add_column(col.replace("_", " "), justify="right")
+    for k, d in zip(kept, dense):
+        table.add_row(str(k["block"]), *(str(k[c]) if k[c] == d[c] else f"{k[c]}/{d[c]}" for c in cols))
+    Console().print(table)
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -148,43 +162,70 @@ def compress(model, checkpoint, arch, pretrained, recipe, data, out, overrides) 
 @click.argument("model")
 @model_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="deploy dir to write")
-@click.option("--precision", default="fp32", show_default=True, help="comma-separated precisions")
+@click.option("--precision", metavar="LIST", help="comma-separated: fp32, fp16, int8 (default: the target's, else fp32)")
 @click.option("--data", metavar="SPEC", help="real inputs for the parity check (default: the model's training data)")
 @click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (>= 17)")
 @click.option("--static-batch", type=click.IntRange(min=1), help="bake this batch size in (default: dynamic batch)")
-def export(model, checkpoint, arch, pretrained, out, precision, data, opset, static_batch) -> None:
-    """Export MODEL to ONNX and check it against PyTorch on real inputs; writes export.json."""
+@click.option("--io-dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="input/output type of the FP16 graph (fp32: Casts at the boundary)")
+@click.option("--calib-data", metavar="SPEC", help="INT8 calibration images (default: the model's training data)")
+@click.option("--calib-images", default=256, show_default=True, type=click.IntRange(min=1),
+              help="INT8 calibration images drawn from the train split (all of them if fewer)")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+              show_default=True, help="INT8 activation range calibration")
+@click.option("--int8-attention", is_flag=True, help="also quantize the attention matmuls (Q·Kᵀ, P·V)")
+@click.option("--exclude", metavar="NAME,...", default="", help="layers to keep out of INT8, e.g. head,blocks.0.mlp.fc1")
+@click.option("--target", metavar="NAME_OR_YAML", help="deployment target: adds build_engines.sh, triton/ and engines")
+def export(model, checkpoint, arch, pretrained, out, precision, data, opset, static_batch, io_dtype, calib_data,
+           calib_images, calib_method, int8_attention, exclude, target) -> None:
+    """Export MODEL to clean FP32/FP16/INT8 ONNX graphs checked against PyTorch on real inputs; writes export.json."""
     from vitdeploy.data import parse_data_spec
-    from vitdeploy.deploy.pipeline import parse_precisions, run_export
+    from vitdeploy.deploy.int8 import Int8Config
+    from vitdeploy.deploy.pipeline import ExportConfig, parse_precisions, resolve_target, run_export
 
-    precisions = parse_precisions(precision)
-    if data is not None:
-        parse_data_spec(data)
+    for spec in (data, calib_data):
+        if spec is not None:
+            parse_data_spec(spec)
+    cfg = ExportConfig(precisions=parse_precisions(precision) if precision is not None else None, data=data,
+                       opset=opset, static_batch=static_batch, io_dtype=io_dtype, calib_data=calib_data,
+                       calib_images=calib_images, target=target,
+                       int8=Int8Config(method=calib_method, attention=int8_attention, exclude=tuple(exclude.split(","))))
+    resolve_target(target)  # a bad target fails before the model is loaded
     loaded = _load(model, checkpoint, arch, pretrained)
-    r = run_export(loaded, Path(out), precisions, data=data, opset=opset, static_batch=static_batch)
+    r = run_export(loaded, Path(out), cfg)
     for a in r["artifacts"]:
         p = a["parity"]
         _out(f"wrote {Path(out) / a['file']}: {a['nodes']} nodes, max |Δ| {p['max_abs_diff']:.2e}, "
              f"cosine {p['cosine']:.6f}, top-1 agreement {100 * p['top1_agreement']:.1f} % ({r['parity_inputs']})")
+    if "tensorrt" in r:
+        trt = r["tensorrt"]
+        engines = [e["file"] for e in r.get("engines", []) if "error" not in e]
+        _out(f"target {r['target']['name']}: {len(engines)} TensorRT engine(s)"
+             f"{'' if trt['reason'] is None else ' (' + trt['reason'] + ')'}; wrote {Path(out) / r['build_script']} "
+             f"and {Path(out) / r['triton']['repository']}/")
 
 
 # --------------------------------------------------------------------------------------------- profile
 @cli.command()
 @click.argument("artifacts", nargs=-1, required=True)
-@click.option("--backend", default="ort-cpu", show_default=True, help="comma-separated: ort-cpu, torch-cpu, ...")
+@click.option("--backend", default="ort-cpu", show_default=True, help="comma-separated: ort-cpu, torch-cpu, trt, ...")
 @click.option("--batch", default="1,8", show_default=True, help="comma-separated batch sizes")
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0))
 @click.option("--iters", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="seconds per measurement instead of --iters")
 @click.option("--threads", type=click.IntRange(min=1), help="pin intra-op threads (default: the backend's)")
+@click.option("--op-profile", "op_top", type=click.IntRange(min=0), default=0, metavar="N",
+              help="after each timed run, profile ONNX Runtime ops in a separate session and keep the top N")
+@click.option("--leak-check", "leak_runs", type=click.IntRange(min=0), default=0, metavar="RUNS",
+              help="after each timed run, record resident memory growth over RUNS more calls (e.g. 1000)")
 @click.option("--arch", metavar="NAME", help="timm architecture of a bare checkpoint file given as ARTIFACT")
 @click.option("--out", type=click.Path(dir_okay=False), help="write results as JSON")
-def profile(artifacts, backend, batch, warmup, iters, duration, threads, arch, out) -> None:
-    """Latency percentiles and throughput of each ARTIFACT (.onnx, deploy dir, or MODEL) per backend and batch."""
+def profile(artifacts, backend, batch, warmup, iters, duration, threads, op_top, leak_runs, arch, out) -> None:
+    """Latency percentiles and throughput of each ARTIFACT (.onnx, engine, deploy dir, or MODEL) per backend and batch."""
     from rich.console import Console
 
-    from vitdeploy.bench.artifacts import resolve_artifacts
-    from vitdeploy.bench.latency import profile_artifacts, results_table
+    from vitdeploy.bench.artifacts import pair_backends, resolve_artifacts
+    from vitdeploy.bench.latency import Extras, ProfileItem, op_profile_table, profile_artifacts, results_table
     from vitdeploy.bench.runners import check_backend_available, parse_backends
     from vitdeploy.io import atomic_write_json
 
@@ -192,18 +233,22 @@ def profile(artifacts, backend, batch, warmup, iters, duration, threads, arch, o
     for b in backends:
         check_backend_available(b)
     batches = _int_list(batch, "--batch")
-    resolved = [a for spec in artifacts for a in resolve_artifacts(spec, arch)]
-    items, sizes = [], {a.input_size for a in resolved}
+    pairs, notes = pair_backends([resolve_artifacts(spec, arch) for spec in artifacts], backends)
+    sizes = {a.input_size for a, _ in pairs}
     if len(sizes) > 1:
         raise VitDeployError(f"artifacts take different input sizes {sorted(sizes)}: profile them separately")
-    for a in resolved:
-        runnable = [b for b in backends if a.runs_on(b)]
-        if not runnable:
-            a.runner(backends[0])  # raises the one-line reason
-        items += [(a.label, (lambda a=a, b=b: a.runner(b, threads))) for b in runnable]
+    items = [ProfileItem(a.label, (lambda a=a, b=b: a.runner(b, threads)),
+                         {**a.describe(), "precision": a.precision_on(b)}) for a, b in pairs]
     result = profile_artifacts(items, batches, warmup=warmup, iters=iters, duration=duration,
-                               input_size=resolved[0].input_size, threads=threads)
-    Console().print(results_table(result))
+                               input_size=pairs[0][0].input_size, threads=threads,
+                               extras=Extras(op_profile_top=op_top, leak_runs=leak_runs))
+    console = Console()
+    console.print(results_table(result))
+    ops = op_profile_table(result)
+    if ops is not None:
+        console.print(ops)
+    for note in notes + [f"skipped {s['artifact']} [{s['backend']}] batch {s['batch']}: {s['reason']}" for s in result["skipped"]]:
+        _out(note)
     if out:
         atomic_write_json(out, result)
         _out(f"wrote {out}")
@@ -213,51 +258,59 @@ def profile(artifacts, backend, batch, warmup, iters, duration, threads, arch, o
 @cli.command(name="eval")
 @click.argument("artifact")
 @click.option("--data", required=True, metavar="SPEC", help="digits | imagefolder:PATH (its val split)")
-@click.option("--reference", metavar="ARTIFACT", help="compare logits with this artifact (agreement, cosine)")
-@click.option("--backend", help="backend to run on (default: ort-cpu for ONNX, torch-cpu for models)")
+@click.option("--reference", metavar="ARTIFACT", help="compare logits with this artifact (agreement, cosine); "
+              "a deploy dir gives its fp32 graph")
+@click.option("--backend", help="backend to run on (default: ort-cpu for ONNX graphs, trt for engines, torch-cpu for "
+              "models); for a deploy dir, every artifact this backend runs")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--arch", metavar="NAME", help="timm architecture of a bare checkpoint file given as ARTIFACT")
-@click.option("--out", type=click.Path(dir_okay=False), help="write results as JSON")
+@click.option("--out", metavar="FILE.json", help="write results as JSON; for several artifacts put {precision} in the "
+              "name, e.g. RUN/eval.{precision}.json")
 def eval_cmd(artifact, data, reference, backend, batch_size, arch, out) -> None:
-    """Top-1 and top-5 of ARTIFACT on the val split of SPEC."""
-    from vitdeploy.bench.accuracy import evaluate
-    from vitdeploy.bench.artifacts import resolve_artifacts
-    from vitdeploy.bench.runners import parse_backends
-    from vitdeploy.data import load_dataset, make_loader, parse_data_spec
+    """Top-1 and top-5 of ARTIFACT (every graph of a deploy dir) on the val split of SPEC."""
+    from vitdeploy.bench.accuracy import eval_out_paths, evaluate_artifacts
+    from vitdeploy.bench.artifacts import pair_backends, reference_artifact, resolve_artifacts
+    from vitdeploy.bench.runners import check_backend_available, parse_backends
+    from vitdeploy.data import parse_data_spec
     from vitdeploy.io import atomic_write_json
 
     parse_data_spec(data)
-    art = resolve_artifacts(artifact, arch)[0]
-    ref = resolve_artifacts(reference, arch)[0] if reference else None
-    pick = lambda a: parse_backends(backend)[0] if backend else ("ort-cpu" if a.kind == "onnx" else "torch-cpu")  # noqa: E731
-    ds = load_dataset(data, "val", art.data_config)
-    loader = make_loader(ds, batch_size)
-    runner = art.runner(pick(art))
-    ref_runner = ref.runner(pick(ref)) if ref else None
-    r = evaluate(runner, loader, reference=ref_runner)
-    rec = {"artifact": art.label, "backend": runner.name, "data": data, **r}
-    if ref:
-        rec["reference"] = ref.label
-    msg = f"{art.label} [{runner.name}] on {data} val (n={r['n']}): top-1 {100 * r['top1']:.2f} %, top-5 {100 * r['top5']:.2f} %"
-    if ref:
-        msg += f"; vs {ref.label}: agreement {100 * r['top1_agreement']:.2f} %, cosine {r['cosine_mean']:.6f}"
-    _out(msg)
-    if out:
-        atomic_write_json(out, rec)
-        _out(f"wrote {out}")
+    backends = parse_backends(backend) if backend else None
+    for b in backends or []:
+        check_backend_available(b)
+    jobs, notes = pair_backends([resolve_artifacts(artifact, arch)], backends)
+    paths = eval_out_paths(out, jobs)
+    ref = reference_artifact(resolve_artifacts(reference, arch)) if reference else None
+    for note in notes:
+        _out(note)
+    records = evaluate_artifacts(jobs, data, reference=ref, batch_size=batch_size)
+    for rec in records:
+        msg = (f"{rec['artifact']} [{rec['backend']}, {rec['precision']}] on {data} val (n={rec['n']}): "
+               f"top-1 {100 * rec['top1']:.2f} %, top-5 {100 * rec['top5']:.2f} %")
+        if ref:
+            msg += f"; vs {ref.label}: agreement {100 * rec['top1_agreement']:.2f} %, cosine {rec['cosine_mean']:.6f}"
+        _out(msg)
+    for rec, path in zip(records, paths):
+        if path is not None:
+            atomic_write_json(path, rec)
+            _out(f"wrote {path}")
 
 
 # ---------------------------------------------------------------------------------------------- report
 @cli.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
-@click.option("--profile", "profiles", multiple=True, type=click.Path(), help="profile JSON files to include")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for report.md and report.json")
-def report(runs, profiles, out) -> None:
-    """One table of every variant in RUNS (model dirs): params, MACs, top-1, latency, throughput."""
+@click.option("--profile", "profiles", multiple=True, type=click.Path(), help="profile JSON files to include "
+              "(profile*.json inside a run dir are read anyway)")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for report.md, report.json and plots")
+@click.option("--backend", help="backend the shipping advice and Pareto chart use (default: the best-covered one)")
+@click.option("--batch", type=click.IntRange(min=1), help="batch size the advice and chart use (default: as --backend)")
+def report(runs, profiles, out, backend, batch) -> None:
+    """Every variant in RUNS (model dirs) side by side, the one to ship per latency budget, and plots."""
     from vitdeploy.bench.report import build_report
 
-    build_report([Path(r) for r in runs], [Path(p) for p in profiles], Path(out))
-    _out(f"wrote {Path(out) / 'report.md'}")
+    rep = build_report([Path(r) for r in runs], [Path(p) for p in profiles], Path(out), backend=backend, batch=batch)
+    plots = [rep["plots"].get("accuracy_latency"), rep["plots"].get("latency_batch"), *rep["plots"]["kept_dims"].values()]
+    _out(f"wrote {Path(out) / 'report.md'}, report.json" + "".join(f", {p}" for p in plots if p))
 
 
 # ------------------------------------------------------------------------------------------------ main

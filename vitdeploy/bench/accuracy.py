@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import torch
 
 from vitdeploy.bench.runners import Runner
 from vitdeploy.errors import VitDeployError
+
+if TYPE_CHECKING:
+    from vitdeploy.bench.artifacts import Artifact
 
 
 def _as_numpy(x: torch.Tensor | np.ndarray, dtype: Any) -> np.ndarray:
@@ -48,6 +52,21 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (top == labels[:, None]).any(axis=1)
 
 
+def infer_in_range(runner: Runner, x: np.ndarray) -> np.ndarray:
+    """Logits for any number of samples on a runner with a limited batch range (a static graph, an engine's
+    profile): chunks of at most its largest batch, a short last chunk padded with copies of its last sample."""
+    low, high = runner.batch_range
+    step = high or len(x)
+    outs = []
+    for i in range(0, len(x), step):
+        chunk = x[i:i + step]
+        n = len(chunk)
+        if n < low:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], low - n, axis=0)])
+        outs.append(runner.infer(chunk)[:n])
+    return np.concatenate(outs)
+
+
 def evaluate(runner: Runner, batches: Iterable[tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]],
              reference: Runner | None = None, progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
     """Top-1 / top-5 (k = min(5, classes)) of `runner` over (images, labels) batches, as fractions.
@@ -65,14 +84,14 @@ def evaluate(runner: Runner, batches: Iterable[tuple[torch.Tensor | np.ndarray, 
         for images, labels in batches:
             x = _as_numpy(images, np.float32)
             y = _as_numpy(labels, np.int64).reshape(-1)
-            logits = runner.infer(x)
+            logits = infer_in_range(runner, x)
             if logits.ndim != 2 or len(logits) != len(y):
                 raise VitDeployError(f"runner {runner.name!r} gave logits of shape {logits.shape} for {len(y)} labels")
             k = min(5, logits.shape[1])
             top1 += int((logits.argmax(axis=1) == y).sum())
             top5 += int(topk_correct(logits, y, k).sum())
             if reference is not None:
-                ref = reference.infer(x)
+                ref = infer_in_range(reference, x)
                 agree += int((logits.argmax(axis=1) == ref.argmax(axis=1)).sum())
                 cos_sum += float(cosine_per_sample(logits, ref).sum())
             n += len(y)
@@ -84,3 +103,48 @@ def evaluate(runner: Runner, batches: Iterable[tuple[torch.Tensor | np.ndarray, 
     if reference is not None:
         out.update(top1_agreement=agree / n, cosine_mean=cos_sum / n, reference=reference.name)
     return out
+
+
+def eval_out_paths(template: str | None, jobs: list[tuple[Artifact, str]]) -> list[Path | None]:
+    """Where each (artifact, backend) eval is written: `template` formatted with {precision}, {backend} and
+    {variant}. Several evals need a placeholder that tells them apart; checked before anything runs."""
+    if template is None:
+        return [None] * len(jobs)
+    try:
+        paths = [Path(template.format(precision=a.precision_on(b), backend=b, variant=a.variant or "model"))
+                 for a, b in jobs]
+    except (KeyError, IndexError, ValueError) as e:
+        raise VitDeployError(f"--out '{template}' has a placeholder other than {{precision}}, {{backend}}, {{variant}} ({e})") from None
+    if len(set(paths)) != len(paths):
+        tags = ", ".join(f"{a.precision_on(b)} on {b}" for a, b in jobs)
+        raise VitDeployError(f"--out '{template}' names one file for {len(jobs)} evaluations ({tags}); put {{precision}} "
+                             "(and {backend} if needed) in it, e.g. RUN/eval.{precision}.json")
+    return paths
+
+
+def evaluate_artifacts(jobs: list[tuple[Artifact, str]], data: str, reference: Artifact | None = None,
+                       batch_size: int = 64, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Top-1/top-5 of each (artifact, backend) on the val split of `data`, with agreement against `reference`.
+
+    Each record carries the artifact's kind, precision (as computed on that backend), sha256 and variant, so a
+    report can tell the fp16 graph's accuracy from the fp32 one's.
+    """
+    from vitdeploy.bench.artifacts import DEFAULT_BACKEND
+    from vitdeploy.data import load_dataset, make_loader
+    from vitdeploy.progress import make_progress
+
+    records = []
+    datasets = [load_dataset(data, "val", art.data_config) for art, _ in jobs]  # data errors before any bar is drawn
+    with make_progress(transient=True) as bar:
+        for (art, backend), ds in zip(jobs, datasets):
+            task = bar.add_task(f"eval {Path(art.label).name} [{backend}]", total=len(ds), info="",
+                                visible=show_progress)
+            ref_runner = reference.runner(DEFAULT_BACKEND[reference.kind]) if reference is not None else None
+            r = evaluate(art.runner(backend), make_loader(ds, batch_size), reference=ref_runner,
+                         progress=lambda n, t=task: bar.advance(t, n))
+            bar.remove_task(task)
+            rec = {**art.describe(), "precision": art.precision_on(backend), "backend": backend, "data": data, **r}
+            if reference is not None:
+                rec["reference"] = reference.label
+            records.append(rec)
+    return records

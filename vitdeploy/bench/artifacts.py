@@ -1,5 +1,6 @@
-"""What `profile` and `eval` accept as ARTIFACT: an .onnx file, a deploy dir (export.json), or any MODEL
-(timm name, checkpoint, model dir). Each resolves to runnable artifacts with their input size and data config."""
+"""What `profile` and `eval` accept as ARTIFACT: an .onnx file, a TensorRT engine (.plan/.engine), a deploy dir
+(export.json: its ONNX graphs and engines), or any MODEL (timm name, checkpoint, model dir). Each resolves to runnable
+artifacts with their input size, data config, precision, and the model dir (variant) they belong to."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,64 +9,207 @@ from typing import Optional
 
 import onnx
 
-from vitdeploy.bench.runners import Runner, create_runner
+from vitdeploy.bench.runners import Runner, check_backend_available, create_runner
+from vitdeploy.bench.trt import ENGINE_SUFFIXES
 from vitdeploy.errors import VitDeployError
-from vitdeploy.io import read_json
+from vitdeploy.io import read_json, sha256_file
 from vitdeploy.models import LoadedModel, load_model
+from vitdeploy.models.modeldir import is_model_dir
+
+IMAGENET_CONFIG = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bicubic",
+                   "crop_pct": 0.875, "crop_mode": "center"}
+KIND_BACKENDS = {"onnx": "ort-", "torch": "torch-", "engine": "trt"}  # which backend names run each kind
+DEFAULT_BACKEND = {"onnx": "ort-cpu", "torch": "torch-cpu", "engine": "trt"}
 
 
 @dataclass
 class Artifact:
     label: str
-    kind: str  # "onnx" | "torch"
+    kind: str  # "onnx" | "torch" | "engine"
     input_size: tuple[int, int, int]
     data_config: dict
     onnx_path: Optional[Path] = None
+    engine_path: Optional[Path] = None
     loaded: Optional[LoadedModel] = None
     precision: str = "fp32"
-
-    def runner(self, backend: str, threads: Optional[int] = None) -> Runner:
-        if self.kind == "onnx" and backend.startswith("torch-"):
-            raise VitDeployError(f"backend '{backend}' runs PyTorch models; '{self.label}' is an ONNX graph (use ort-cpu)")
-        if self.kind == "torch" and backend.startswith("ort-"):
-            raise VitDeployError(f"backend '{backend}' runs ONNX graphs; export '{self.label}' first (vitdeploy export) or use torch-cpu")
-        return create_runner(backend, model=self.loaded.model if self.loaded else None, onnx_path=self.onnx_path, threads=threads)
+    sha256: Optional[str] = None
+    variant: Optional[str] = None  # name of the model dir this artifact was made from, where known
 
     def runs_on(self, backend: str) -> bool:
-        return backend.startswith("torch-") == (self.kind == "torch")
+        return backend.startswith(KIND_BACKENDS[self.kind])
+
+    def precision_on(self, backend: str) -> str:
+        """The precision a backend actually computes in: torch-cuda runs fp32 weights under fp16 autocast."""
+        return "fp16-autocast" if backend == "torch-cuda" else self.precision
+
+    def check_runs_on(self, backend: str) -> None:
+        """One line saying why `backend` cannot run this artifact, and what can."""
+        if not self.runs_on(backend):
+            hint = {"onnx": "ONNX graphs run on ort-cpu, ort-cuda or ort-trt",
+                    "torch": "export it first (vitdeploy export) or use torch-cpu",
+                    "engine": "engines run on backend trt only"}[self.kind]
+            raise VitDeployError(f"backend '{backend}' cannot run '{self.label}' ({self.kind}): {hint}")
+
+    def runner(self, backend: str, threads: Optional[int] = None) -> Runner:
+        self.check_runs_on(backend)
+        return create_runner(backend, model=self.loaded.model if self.loaded else None, onnx_path=self.onnx_path,
+                             engine_path=self.engine_path, threads=threads)
+
+    def describe(self) -> dict:
+        """The fields every profile and eval record carries, so reports can match results to runs and precisions."""
+        return {"artifact": self.label, "kind": self.kind, "precision": self.precision, "sha256": self.sha256,
+                "variant": self.variant}
 
 
-def _export_record(folder: Path) -> dict | None:
-    return read_json(folder / "export.json")
+def _variant_of(folder: Path) -> Optional[str]:
+    """The model dir a file or deploy dir belongs to: the folder itself or one of its two parents."""
+    for f in (folder, folder.parent, folder.parent.parent):
+        if is_model_dir(f):
+            return f.resolve().name
+    return None
 
 
-def _onnx_input_size(path: Path) -> tuple[int, int, int]:
+def _deploy_record(path: Path) -> tuple[Optional[dict], Optional[Path]]:
+    """export.json of the deploy dir holding `path` (engines sit in deploy/engines/), with that dir."""
+    for folder in (path.parent, path.parent.parent):
+        record = read_json(folder / "export.json")
+        if record is not None:
+            return record, folder
+    return None, None
+
+
+def _load_proto(path: Path) -> onnx.ModelProto:
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise VitDeployError(f"'{path}' is not a readable ONNX file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def _onnx_input_size(proto: onnx.ModelProto, path: Path) -> tuple[int, int, int]:
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     if len(dims) != 4 or not all(dims[1:]):
         raise VitDeployError(f"'{path}' does not take an NCHW image batch with fixed C, H, W")
     return (dims[1], dims[2], dims[3])
 
 
-def _onnx_artifact(path: Path, record: dict | None, precision: str = "fp32") -> Artifact:
-    size = _onnx_input_size(path)
-    cfg = (record or {}).get("data_config") or {"input_size": list(size), "mean": [0.485, 0.456, 0.406],
-                                                  "std": [0.229, 0.224, 0.225], "interpolation": "bicubic",
-                                                  "crop_pct": 0.875, "crop_mode": "center"}
-    return Artifact(label=str(path), kind="onnx", input_size=size, data_config=cfg, onnx_path=path, precision=precision)
+def onnx_precision(proto: onnx.ModelProto) -> str:
+    """int8 for Q/DQ graphs, fp16 for graphs with half weights or I/O, else fp32 (for files without export.json)."""
+    ops = {n.op_type for n in proto.graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "MatMulInteger"}:
+        return "int8"
+    half = onnx.TensorProto.FLOAT16
+    if any(t.data_type == half for t in proto.graph.initializer) or any(
+            v.type.tensor_type.elem_type == half for v in proto.graph.input):
+        return "fp16"
+    return "fp32"
+
+
+def _entry_for(record: Optional[dict], folder: Optional[Path], path: Path, key: str) -> Optional[dict]:
+    if record is None or folder is None:
+        return None
+    for entry in record.get(key) or []:
+        if (folder / entry["file"]).resolve() == path.resolve():
+            return entry
+    return None
+
+
+def _data_config(record: Optional[dict], size: tuple[int, int, int]) -> dict:
+    return (record or {}).get("data_config") or {"input_size": list(size), **IMAGENET_CONFIG}
+
+
+def onnx_artifact(path: Path) -> Artifact:
+    """One ONNX graph; precision from its deploy dir's export.json when it has one, else read from the graph."""
+    record, folder = _deploy_record(path)
+    proto = _load_proto(path)
+    entry = _entry_for(record, folder, path, "artifacts")
+    size = _onnx_input_size(proto, path)
+    return Artifact(label=str(path), kind="onnx", input_size=size, data_config=_data_config(record, size),
+                    onnx_path=path, precision=(entry or {}).get("precision") or onnx_precision(proto),
+                    sha256=sha256_file(path), variant=_variant_of(path.parent))
+
+
+def _engine_precision(path: Path) -> str:
+    """From the export naming scheme model.<precision>.b<batch>.plan, else 'unknown'."""
+    tokens = path.name.split(".")
+    return next((t for t in tokens if t in ("fp32", "fp16", "int8", "best", "bf16", "fp8")), "unknown")
+
+
+def engine_artifact(path: Path, record: Optional[dict] = None, folder: Optional[Path] = None) -> Artifact:
+    """A TensorRT engine. Its input size comes from export.json; a bare engine is read with TensorRT itself."""
+    if record is None:
+        record, folder = _deploy_record(path)
+    entry = _entry_for(record, folder, path, "engines")
+    if record is not None and record.get("input_size"):
+        size = tuple(int(s) for s in record["input_size"])
+    else:
+        size = _engine_input_size(path)
+    return Artifact(label=str(path), kind="engine", input_size=size, data_config=_data_config(record, size),  # type: ignore[arg-type]
+                    engine_path=path, precision=(entry or {}).get("precision") or _engine_precision(path),
+                    sha256=sha256_file(path) if path.is_file() else None, variant=_variant_of(path.parent))
+
+
+def _engine_input_size(path: Path) -> tuple[int, int, int]:
+    from vitdeploy.bench.trt import TrtRunner
+
+    check_backend_available("trt")
+    with TrtRunner(path) as runner:
+        size = tuple(int(s) for s in runner.input_shape)
+    if len(size) != 3 or min(size) < 1:
+        raise VitDeployError(f"'{path}' does not take an NCHW image batch with fixed C, H, W")
+    return size  # type: ignore[return-value]
 
 
 def resolve_artifacts(spec: str, arch: Optional[str] = None) -> list[Artifact]:
     """`arch` names the timm architecture of a bare checkpoint file (as --arch does for MODEL elsewhere)."""
     path = Path(spec)
+    if path.suffix in ENGINE_SUFFIXES:
+        check_backend_available("trt")  # one line naming what is missing, before anything is read
+        if not path.is_file():
+            raise VitDeployError(f"engine file not found: {path}")
+        return [engine_artifact(path)]
     if path.is_file() and path.suffix == ".onnx":
-        return [_onnx_artifact(path, _export_record(path.parent))]
+        return [onnx_artifact(path)]
     if path.is_dir():
-        record = _export_record(path)
+        record = read_json(path / "export.json")
         if record is not None:
-            return [_onnx_artifact(path / a["file"], record, a.get("precision", "fp32")) for a in record["artifacts"]]
+            found = [onnx_artifact(path / a["file"]) for a in record.get("artifacts") or []]
+            found += [engine_artifact(path / e["file"], record, path) for e in record.get("engines") or []]
+            if not found:
+                raise VitDeployError(f"deploy dir '{path}' lists no artifacts in its export.json")
+            return found
     loaded = load_model(spec, arch=arch)
-    return [Artifact(label=spec, kind="torch", input_size=loaded.input_size, data_config=loaded.data_config, loaded=loaded)]
+    variant = path.resolve().name if is_model_dir(path) else None
+    return [Artifact(label=spec, kind="torch", input_size=loaded.input_size, data_config=loaded.data_config,
+                     loaded=loaded, variant=variant)]
+
+
+def pair_backends(groups: list[list[Artifact]], backends: Optional[list[str]]) -> tuple[list[tuple[Artifact, str]], list[str]]:
+    """Pair each artifact with the backends that run it; `groups` are the artifacts of each ARTIFACT argument.
+
+    Without `backends`, each artifact gets its kind's default (ort-cpu, torch-cpu, trt), except that engines listed
+    in a deploy dir are left to an explicit `--backend trt`. An argument none of whose artifacts can run raises one
+    line; artifacts of a deploy dir that cannot run are skipped and named in the returned notes.
+    """
+    pairs: list[tuple[Artifact, str]] = []
+    notes: list[str] = []
+    for group in groups:
+        mine: list[tuple[Artifact, str]] = []
+        for a in group:
+            if backends is None:
+                wanted = [] if (a.kind == "engine" and len(group) > 1) else [DEFAULT_BACKEND[a.kind]]
+            else:
+                wanted = [b for b in backends if a.runs_on(b)]
+            mine += [(a, b) for b in wanted]
+            if not wanted:
+                notes.append(f"skipped {a.label} ({a.kind}): " + ("engines run with --backend trt" if backends is None
+                                                                  else f"none of {', '.join(backends)} runs it"))
+        if not mine:
+            group[0].check_runs_on((backends or [DEFAULT_BACKEND[group[0].kind]])[0])
+            raise VitDeployError(f"'{group[0].label}' and the rest of its deploy dir are TensorRT engines: use --backend trt")
+        pairs += mine
+    return pairs, notes
+
+
+def reference_artifact(group: list[Artifact]) -> Artifact:
+    """The artifact of a reference argument to compare against: a deploy dir's fp32 ONNX graph when it has one."""
+    return next((a for a in group if a.kind == "onnx" and a.precision == "fp32"), group[0])

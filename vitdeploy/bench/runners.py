@@ -1,7 +1,8 @@
-"""Runners: one small interface over PyTorch and onnxruntime, so latency and accuracy code never cares
-which backend runs the model (the Polygraphy pattern: construct, activate, infer many times, deactivate).
+"""Runners: one small interface over PyTorch, onnxruntime and TensorRT engines, so latency and accuracy code never
+cares which backend runs the model (the Polygraphy pattern: construct, activate, infer many times, deactivate).
 
-Every runner takes float32 NCHW numpy arrays and returns float32 logits as numpy.
+Every runner takes float32 NCHW numpy arrays and returns float32 logits as numpy; a runner whose model takes or
+gives another dtype (fp16 graphs and engines) casts at its edges.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ BACKENDS: dict[str, str] = {
     "ort-cpu": "onnxruntime CPUExecutionProvider, fp32",
     "ort-cuda": "onnxruntime CUDAExecutionProvider (needs onnxruntime-gpu and a GPU)",
     "ort-trt": "onnxruntime TensorrtExecutionProvider (needs onnxruntime-gpu, TensorRT and a GPU)",
+    "trt": "TensorRT engines (.plan/.engine) through the tensorrt package (needs TensorRT and a GPU)",
 }
 
 # provider argument of OrtRunner -> (backend name, onnxruntime providers in priority order)
@@ -61,9 +63,13 @@ def check_backend_available(name: str) -> None:
         raise BackendError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
     if name == "torch-cpu":
         return
-    if name == "torch-cuda":
+    if name == "trt":
+        from vitdeploy.bench.trt import import_tensorrt
+
+        import_tensorrt()
+    if name in ("torch-cuda", "trt"):
         if not torch.cuda.is_available():
-            raise BackendError("backend 'torch-cuda' needs a CUDA GPU, but torch.cuda.is_available() is False here")
+            raise BackendError(f"backend {name!r} needs a CUDA GPU, but torch.cuda.is_available() is False here")
         return
     _check_provider(_import_ort(), _BACKEND_TO_PROVIDER[name])
 
@@ -80,9 +86,15 @@ def _check_provider(ort: Any, provider: str) -> list[str]:
 
 
 def create_runner(backend: str, model: torch.nn.Module | None = None, onnx_path: str | Path | None = None,
-                  threads: int | None = None) -> "Runner":
-    """A runner for a backend name from BACKENDS: torch-* need `model`, ort-* need `onnx_path`."""
+                  threads: int | None = None, engine_path: str | Path | None = None) -> "Runner":
+    """A runner for a backend name from BACKENDS: torch-* need `model`, ort-* need `onnx_path`, trt `engine_path`."""
     check_backend_available(backend)
+    if backend == "trt":
+        if engine_path is None:
+            raise VitDeployError("backend 'trt' runs TensorRT engines (.plan/.engine); build one from the ONNX graph first")
+        from vitdeploy.bench.trt import TrtRunner
+
+        return TrtRunner(engine_path)
     if backend.startswith("torch-"):
         if model is None:
             raise VitDeployError(f"backend {backend!r} needs a PyTorch model, not an ONNX file")
@@ -98,9 +110,21 @@ class Runner:
 
     name: str = "runner"
     threads: int | None = None
+    # smallest and largest batch the model accepts (None: no upper bound); known once the runner is built
+    batch_range: tuple[int, int | None] = (1, None)
 
     def __init__(self) -> None:
         self.active = False
+
+    def supports_batch(self, batch: int) -> bool:
+        """Whether `batch` lies in the model's batch range (a static ONNX batch, an engine's optimisation profile)."""
+        low, high = self.batch_range
+        return low <= batch and (high is None or batch <= high)
+
+    def op_profile(self, x: np.ndarray, runs: int, top: int) -> dict[str, Any] | None:
+        """Time per op type and per node over `runs` calls on `x`, in a separate profiling session so timed loops
+        are never disturbed; None for backends without an op-level profiler."""
+        return None
 
     def activate(self) -> None:
         """Acquire resources (sessions, device copies, thread settings); idempotent."""
@@ -233,6 +257,8 @@ class OrtRunner(Runner):
         self.profile_path: Path | None = None
         self.session: Any = None
         self.static_batch: int | None = self._read_static_batch()
+        if self.static_batch is not None:
+            self.batch_range = (self.static_batch, self.static_batch)
         self._scratch: Path | None = None
 
     def _read_static_batch(self) -> int | None:
@@ -294,6 +320,11 @@ class OrtRunner(Runner):
         finally:
             self.session = None
             self._drop_scratch()
+
+    def op_profile(self, x: np.ndarray, runs: int, top: int) -> dict[str, Any]:
+        from vitdeploy.bench.op_profile import ort_op_profile
+
+        return ort_op_profile(self.onnx_path, self.provider, self.threads, x, runs=runs, top=top)
 
     def _drop_scratch(self) -> None:
         if self._scratch is not None:

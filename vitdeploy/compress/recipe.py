@@ -187,7 +187,7 @@ def available_recipes() -> list[str]:
 def locate_recipe(name_or_path: str) -> tuple[Any, str]:
     """The file behind a packaged recipe name or a YAML path, and a label for where it came from."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder named like a packaged recipe does not shadow it
         if not path.is_file():
             raise RecipeError(f"recipe file '{path}' does not exist")
         return path, str(path)

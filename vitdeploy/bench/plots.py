@@ -1,0 +1,147 @@
+"""Report plots as PNG files (matplotlib, Agg: no display needed): accuracy against latency with the Pareto front,
+latency and throughput against batch size, and the dims a compressed model kept per block against the dense model.
+
+Each function takes plain data, writes one PNG atomically and returns its path.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+from vitdeploy.io import atomic_file  # noqa: E402
+
+_LINESTYLES = {"fp32": "-", "fp16": "--", "int8": ":", "fp16-autocast": "-."}
+_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "fp16-autocast": "D"}
+_KEPT_GROUPS = (  # (label, function of one block row) in the order the bars stand in each block's group
+    ("attention q/k (heads × qk dim)", lambda b: b["heads"] * b["qk_head_dim"]),
+    ("attention v (heads × v dim)", lambda b: b["heads"] * b["v_head_dim"]),
+    ("MLP input dims", lambda b: b["mlp_in"]),
+    ("MLP hidden dims", lambda b: b["mlp_hidden"]),
+)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _colors(names: Sequence[str]) -> dict[str, Any]:
+    cmap = plt.get_cmap("tab10")
+    return {n: cmap(i % 10) for i, n in enumerate(dict.fromkeys(names))}
+
+
+def plot_kept_dims(kept: list[dict], dense: list[dict] | None, path: Path, title: str) -> Path:
+    """Grouped bars per block: attention q/k and v widths (heads × head dim), MLP input and hidden dims kept, drawn
+    over the dense model's dims (light bars) when `dense` (same row format as `kept`) is given."""
+    if not kept:
+        raise ValueError("plot_kept_dims needs at least one block")
+    n, width = len(kept), 0.2
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.75 * n + 3), 4.2))
+    colors = plt.get_cmap("tab10")
+    for g, (label, value) in enumerate(_KEPT_GROUPS):
+        xs = [i + (g - 1.5) * width for i in range(n)]
+        if dense is not None:
+            ax.bar(xs, [value(b) for b in dense], width * 0.95, color="0.88", edgecolor="0.6", linewidth=0.6,
+                   label="dense" if g == 0 else None, zorder=1)
+        ax.bar(xs, [value(b) for b in kept], width * 0.7, color=colors(g), label=label, zorder=2)
+        for x, k, d in zip(xs, kept, dense or []):
+            if value(k) != value(d):  # say how much of a pruned site is left, above its dense bar
+                ax.text(x, value(d), f"{100 * value(k) / value(d):.0f}%", ha="center", va="bottom", fontsize=6.5)
+    ax.set_xticks(range(n), [str(b.get("block", i)) for i, b in enumerate(kept)])
+    ax.set_xlabel("block")
+    ax.set_ylabel("dims kept")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+    ax.legend(fontsize=8, ncol=5 if dense is not None else 4, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+              frameon=False)
+    return _save(fig, path)
+
+
+def plot_accuracy_latency(points: list[dict], front: list[int], path: Path, title: str) -> Path:
+    """Top-1 (%) against p50 latency (ms): one marker per variant × precision (colour = variant, shape = precision),
+    with the Pareto front drawn as a staircase and its points labelled (all points when there are few). Points with
+    an eval size (`n_eval`) carry their 95 % binomial interval, so a zoomed-in axis does not make noise look like a
+    difference."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = _colors([p["variant"] for p in points])
+    xs, ys = [p["p50_ms"] for p in points], [100 * p["top1"] for p in points]
+    err = [100 * 1.96 * math.sqrt(p["top1"] * (1 - p["top1"]) / p["n_eval"]) if p.get("n_eval") else 0.0 for p in points]
+    for p, x, y, e in zip(points, xs, ys, err):
+        if e:
+            ax.errorbar(x, y, yerr=e, fmt="none", ecolor=colors[p["variant"]], alpha=0.35, capsize=4, zorder=1)
+        ax.scatter(x, y, s=60, color=colors[p["variant"]], marker=_MARKERS.get(p["precision"], "o"),
+                   edgecolor="black", linewidth=0.6, zorder=3)
+    labelled = range(len(points)) if len(points) <= 4 else front
+    for rank, i in enumerate(sorted(labelled, key=lambda i: xs[i])):  # labels in two rows above the data, with leaders
+        ax.annotate(f"{points[i]['variant']} {points[i]['precision']}", (xs[i], ys[i]), fontsize=8, ha="center",
+                    xytext=(xs[i], 0.95 if rank % 2 == 0 else 0.88), textcoords=("data", "axes fraction"),
+                    arrowprops=dict(arrowstyle="-", color="0.6", linewidth=0.6, shrinkB=5))
+    span = (max(xs) - min(xs)) or 0.5 * max(xs)  # fit the axis to the points: they are often close together
+    left, right = max(0.0, min(xs) - 0.15 * span), max(xs) + 0.3 * span
+    handles = [Line2D([], [], marker="o", linestyle="", color=c, markeredgecolor="black", label=v) for v, c in colors.items()]
+    handles += [Line2D([], [], marker=_MARKERS.get(pr, "o"), linestyle="", color="0.6", markeredgecolor="black", label=pr)
+                for pr in dict.fromkeys(p["precision"] for p in points)]
+    if front:  # the staircase is the best top-1 reachable within each latency budget
+        fx, fy = [xs[i] for i in front], [ys[i] for i in front]
+        ax.step(fx + [right], fy + fy[-1:], where="post", color="0.3", linestyle="--", linewidth=1, zorder=2)
+        ax.scatter(fx, fy, s=170, facecolor="none", edgecolor="0.3", linewidth=1, zorder=2)
+        handles.append(Line2D([], [], color="0.3", linestyle="--", label="Pareto front (best top-1 within a budget)"))
+    if any(err):
+        handles.append(Line2D([], [], color="0.5", marker="_", markersize=10, alpha=0.6, label="95 % interval of top-1"))
+    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_xlim(left, right)
+    pad = max(0.5, (max(ys) - min(ys)) * 0.25)
+    low, high = min(y - e for y, e in zip(ys, err)) - pad, max(y + e for y, e in zip(ys, err)) + pad
+    ax.set_ylim(low, high + 0.3 * (high - low))  # headroom for the label rows
+    ax.set_xlabel("p50 latency per call (ms), lower is better")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_latency_vs_batch(series: dict[tuple[str, str, str], list[tuple[int, float, float]]], path: Path,
+                          title: str) -> Path:
+    """Two panels against batch size: p50 latency (ms) and throughput (img/s), one line per (variant, precision,
+    backend) from points (batch, p50_ms, images_per_s); colour = variant, line style = precision."""
+    fig, (lat_ax, thr_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = _colors([k[0] for k in series])
+    backends = list(dict.fromkeys(k[2] for k in series))
+    batches = sorted({b for pts in series.values() for b, _, _ in pts})
+    for (variant, precision, backend), pts in series.items():
+        pts = sorted(pts)
+        label = f"{variant} {precision}" + (f" [{backend}]" if len(backends) > 1 else "")
+        style = dict(color=colors[variant], linestyle=_LINESTYLES.get(precision, "-"),
+                     marker="os^Dv"[backends.index(backend) % 5], markersize=5)
+        lat_ax.plot([b for b, _, _ in pts], [t for _, t, _ in pts], label=label, **style)
+        thr_ax.plot([b for b, _, _ in pts], [r for _, _, r in pts], **style)
+    lats = [t for pts in series.values() for _, t, _ in pts]
+    if max(lats) > 10 * min(lats):  # batch 1 and batch 64 on one linear axis would hide the small batches
+        lat_ax.set_yscale("log")
+        lat_ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        lat_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        lat_ax.yaxis.set_minor_formatter(NullFormatter())
+    thr = [r for pts in series.values() for _, _, r in pts]
+    thr_ax.set_ylim(0, max(thr) * 1.1)  # from zero, so the gaps between lines are not magnified
+    for ax, ylabel in ((lat_ax, "p50 latency per call (ms)"), (thr_ax, "throughput (images/s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.minorticks_off()
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    lat_ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
