@@ -59,11 +59,20 @@ with tempfile.TemporaryDirectory() as tmp:
                                   "speedup_over_macs_ratio": round(speedup / macs_ratio, 3)}
         rows.append(row)
     x8 = rng.standard_normal((8, *size), dtype=np.float32)
-    ops = {k: {r["op_type"]: round(r["ms"], 2) for r in ort_op_profile(p, "cpu", THREADS, x8, runs=10, top=12)["by_op_type"]}
-           for k, p in paths.items()}
+    ops, breakdown = {}, {}
+    for k, p in paths.items():
+        prof = ort_op_profile(p, "cpu", THREADS, x8, runs=10, top=20)
+        ops[k] = {r["op_type"]: round(r["ms"], 2) for r in prof["by_op_type"]}
+        gemm = sum(v for op, v in ops[k].items() if op in ("MatMul", "FusedMatMul", "Gemm"))
+        breakdown[k] = {"kernels_ms": round(prof["kernel_ms_per_run"], 1), "matmul_ms": round(gemm, 1),
+                        "gather_ms": ops[k].get("Gather", 0.0),
+                        "other_kernels_ms": round(prof["kernel_ms_per_run"] - gemm - ops[k].get("Gather", 0.0), 1)}
+    for k, b in breakdown.items():  # what shrinks with MACs (matmuls) and what does not (everything else)
+        b["matmul_speedup"] = round(breakdown["dense"]["matmul_ms"] / b["matmul_ms"], 3)
+        b["other_kernels_speedup"] = round(breakdown["dense"]["other_kernels_ms"] / b["other_kernels_ms"], 3)
 
 write_result("vtp_ort", {
     "model": "deit_small_patch16_224 (random weights)", "rate": RATE, "alignment": 8, "importance": "magnitude",
     "plans": {k: {"sites": cfg.sites, "scope": cfg.scope} for k, cfg in PLANS.items()},
-    "threads": THREADS, "iters": ITERS, "variants": stats, "rows": rows, "op_ms_batch8": ops,
+    "threads": THREADS, "iters": ITERS, "variants": stats, "rows": rows, "op_ms_batch8": ops, "kernel_breakdown_batch8": breakdown,
 }, threads=THREADS)

@@ -186,3 +186,33 @@ def test_compress_vtp_from_the_cli(capsys, tmp_path, digits_model_dir):
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)
     path = export_onnx(loaded.model, tmp_path / "vtp.onnx", loaded.input_size)
     assert parity(loaded.model, path, x)["max_abs_diff"] < 1e-4
+
+
+def test_input_dims_are_kept_in_aligned_blocks_and_survive_save_load(tmp_path):
+    """Input-dim plans keep whole runs of the alignment, so the index-select moves blocks (fast in onnxruntime);
+    the grouping is rebuilt when a model dir is loaded, and ONNX still equals PyTorch."""
+    import numpy as np
+
+    from vitdeploy.deploy.onnx_export import export_onnx, parity
+    from vitdeploy.models import describe, load_model_dir, save_model_dir
+    from vitdeploy.models.surgery import IndexSelect, block_groups
+
+    model = tiny_vit(embed_dim=96, num_heads=3)
+    cfg = PruneCfg(rate=0.4, sites=["attn_in", "mlp_in"], alignment=8)
+    plan, pruned, masked = _pruned_and_masked(model, cfg, _random_scores(model, cfg.sites))
+    for bp in plan:
+        for idx in (bp.attn_in, bp.mlp_in):
+            assert block_groups(idx, 96) is not None
+    selects = [m for m in pruned.modules() if isinstance(m, IndexSelect)]
+    assert selects and all(m.group >= 8 for m in selects)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (pruned(x) - masked(x)).abs().max() < 1e-5
+        elementwise = torch.randn(2, 5, 96)
+        assert torch.equal(selects[0](elementwise), elementwise.index_select(-1, selects[0].index))
+    save_model_dir(tmp_path / "m", pruned, describe(pruned, "vit_tiny_patch16_224", dict(
+        img_size=32, patch_size=8, num_classes=10, embed_dim=96, depth=2, num_heads=3)), {"input_size": [3, 32, 32]})
+    loaded = load_model_dir(tmp_path / "m").model
+    assert [m.group for m in loaded.modules() if isinstance(m, IndexSelect)] == [m.group for m in selects]
+    path = export_onnx(loaded, tmp_path / "m.onnx", (3, 32, 32))
+    assert parity(loaded, path, np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32))["max_abs_diff"] < 1e-4

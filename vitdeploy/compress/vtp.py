@@ -78,6 +78,16 @@ def _top(score: torch.Tensor, k: int) -> list[int]:
     return sorted(score.abs().topk(k).indices.tolist())
 
 
+def _top_groups(score: torch.Tensor, k: int, g: int) -> list[int]:
+    """The k best dims taken as whole aligned runs of g (ranked by their summed |score|), so the index-select that
+    applies them moves blocks instead of single floats (see IndexSelect); plain top-k where g does not divide."""
+    n = score.numel()
+    if k == n or n % g or k % g:
+        return _top(score, k)
+    groups = score.abs().view(-1, g).sum(1).topk(k // g).indices.sort().values
+    return (groups[:, None] * g + torch.arange(g)).flatten().tolist()
+
+
 def _per_head(score: torch.Tensor, heads: list[int], dim: int, surviving: int, cfg: PruneCfg) -> list[list[int]]:
     """The same number of dims in every kept head (the surviving count of those heads spread evenly, aligned),
     each head keeping its own best dims."""
@@ -99,7 +109,8 @@ def plan_from_scores(model: nn.Module, scores: Scores, cfg: PruneCfg) -> tuple[l
         for site in ("attn_in", "mlp_in", "mlp_hidden"):
             if (b, site) in scores:
                 k = align_count(int(alive[(b, site)].sum()), sizes[site], cfg.alignment, cfg.min_keep)
-                setattr(bp, site, _top(scores[(b, site)], k))
+                pick = _top if site == "mlp_hidden" else (lambda v, k: _top_groups(v, k, cfg.alignment))
+                setattr(bp, site, pick(scores[(b, site)], k))
                 keep[(b, site)] = torch.tensor(getattr(bp, site))
         heads = list(range(H))
         if (b, "attn_out") in scores:

@@ -16,19 +16,55 @@ from timm.layers.attention import Attention
 Index = Optional[Sequence[int] | torch.Tensor]
 
 
+GROUP_SIZES = (64, 32, 16, 8)
+
+
+def block_groups(index: Sequence[int], in_features: int) -> Optional[tuple[int, list[int]]]:
+    """(g, groups) when `index` is made of whole aligned runs of g dims (the largest such g of 64/32/16/8), else None."""
+    idx = list(index)
+    for g in GROUP_SIZES:
+        if in_features % g or len(idx) % g:
+            continue
+        starts = idx[::g]
+        if all(s % g == 0 and idx[i * g:(i + 1) * g] == list(range(s, s + g)) for i, s in enumerate(starts)):
+            return g, [s // g for s in starts]
+    return None
+
+
 class IndexSelect(nn.Module):
-    """Keep a subset of the last dim: y = x[..., index]. Exported to ONNX as one Gather."""
+    """Keep a subset of the last dim: y = x[..., index]. When the kept dims form aligned runs of g (VTP plans
+    keep input dims in groups of the alignment), the select moves whole runs: in ONNX, Reshape → Gather of g-wide
+    blocks → Reshape, which onnxruntime copies ~6x faster than a Gather of single elements on the last axis."""
 
     def __init__(self, in_features: int, num_kept: int) -> None:
         super().__init__()
         self.in_features = in_features
         self.register_buffer("index", torch.arange(num_kept, dtype=torch.long))
+        self.register_buffer("group_index", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.group = 0
+        self._refresh()
+        self.register_load_state_dict_post_hook(lambda module, _: module._refresh())
+
+    def set_index(self, index: torch.Tensor) -> None:
+        self.index.copy_(index)
+        self._refresh()
+
+    @torch.no_grad()
+    def _refresh(self) -> None:
+        found = block_groups(self.index.tolist(), self.in_features)
+        self.group = found[0] if found else 0
+        self.group_index = torch.tensor(found[1] if found else [], dtype=torch.long, device=self.index.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.group:
+            g = self.group
+            lead = x.shape[:-1]
+            blocks = x.reshape(*lead, self.in_features // g, g).index_select(-2, self.group_index)
+            return blocks.reshape(*lead, self.group_index.numel() * g)
         return x.index_select(-1, self.index)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features} -> {self.index.numel()}"
+        return f"{self.in_features} -> {self.index.numel()}" + (f" in blocks of {self.group}" if self.group else "")
 
 
 class LowRankLinear(nn.Module):
@@ -251,7 +287,7 @@ def slice_attention(
     )
     _, full_in = _compose_in(attn, in_idx, dim)
     if isinstance(new.in_select, IndexSelect):
-        new.in_select.index.copy_(full_in)
+        new.in_select.set_index(full_in)
     _copy_linear(new.qkv, w_qkv[rows][:, local_in], None if b_qkv is None else b_qkv[rows])
     _copy_linear(new.proj, w_proj[:, v_rows - 2 * H * Dqk], b_proj)
     new.fused_attn = getattr(attn, "fused_attn", True)
@@ -289,7 +325,7 @@ def slice_mlp(mlp: nn.Module, dim: int, hidden_idx: Index = None, in_idx: Index 
         drop=(mlp.drop1.p, mlp.drop2.p),
     )
     if isinstance(new.in_select, IndexSelect):
-        new.in_select.index.copy_(full_in)
+        new.in_select.set_index(full_in)
     _copy_linear(new.fc1, w1[hid][:, local_in], None if b1 is None else b1[hid])
     _copy_linear(new.fc2, w2[:, hid], b2)
     return new.train(mlp.training)
