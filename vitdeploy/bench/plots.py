@@ -22,6 +22,7 @@ from vitdeploy.io import atomic_file  # noqa: E402
 _LINESTYLES = {"fp32": "-", "fp16": "--", "int8": ":", "fp16-autocast": "-."}
 _MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "fp16-autocast": "D"}
 _KEPT_GROUPS = (  # (label, function of one block row) in the order the bars stand in each block's group
+    ("attention input dims", lambda b: b["attn_in"]),
     ("attention q/k (heads × qk dim)", lambda b: b["heads"] * b["qk_head_dim"]),
     ("attention v (heads × v dim)", lambda b: b["heads"] * b["v_head_dim"]),
     ("MLP input dims", lambda b: b["mlp_in"]),
@@ -43,15 +44,15 @@ def _colors(names: Sequence[str]) -> dict[str, Any]:
 
 
 def plot_kept_dims(kept: list[dict], dense: list[dict] | None, path: Path, title: str) -> Path:
-    """Grouped bars per block: attention q/k and v widths (heads × head dim), MLP input and hidden dims kept, drawn
+    """Grouped bars per block: attention input dims, q/k and v widths (heads × head dim), MLP input and hidden dims kept, drawn
     over the dense model's dims (light bars) when `dense` (same row format as `kept`) is given."""
     if not kept:
         raise ValueError("plot_kept_dims needs at least one block")
-    n, width = len(kept), 0.2
+    n, width = len(kept), 0.16
     fig, ax = plt.subplots(figsize=(max(7.0, 0.75 * n + 3), 4.2))
     colors = plt.get_cmap("tab10")
     for g, (label, value) in enumerate(_KEPT_GROUPS):
-        xs = [i + (g - 1.5) * width for i in range(n)]
+        xs = [i + (g - (len(_KEPT_GROUPS) - 1) / 2) * width for i in range(n)]
         if dense is not None:
             ax.bar(xs, [value(b) for b in dense], width * 0.95, color="0.88", edgecolor="0.6", linewidth=0.6,
                    label="dense" if g == 0 else None, zorder=1)
@@ -64,7 +65,7 @@ def plot_kept_dims(kept: list[dict], dense: list[dict] | None, path: Path, title
     ax.set_ylabel("dims kept")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3, zorder=0)
-    ax.legend(fontsize=8, ncol=5 if dense is not None else 4, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14),
               frameon=False)
     return _save(fig, path)
 
