@@ -7,10 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_vit
-from vitdeploy.compress.gates import SITES, attach_gates, detach_gates, fold_gates, zero_pruned
-from vitdeploy.compress.plan import apply_plan
+from vitdeploy.compress.gates import SITES, attach_gates, detach_gates, fold_gates
 from vitdeploy.compress.recipe import PruneCfg
-from vitdeploy.compress.vtp import magnitude_scores, plan_from_scores
+from vitdeploy.compress.vtp import magnitude_scores, plan_from_scores, prune_with_reference
 from vitdeploy.errors import RecipeError
 from vitdeploy.models import count_macs, count_params
 
@@ -39,12 +38,7 @@ def _random_scores(model, sites, seed=0):
 @torch.no_grad()
 def _pruned_and_masked(model, cfg, scores):
     plan, keep = plan_from_scores(model, scores, cfg)
-    masked = copy.deepcopy(model)
-    zero_pruned(attach_gates(masked, cfg.sites, scores), keep)
-    pruned = copy.deepcopy(model)
-    attach_gates(pruned, cfg.sites, scores)
-    fold_gates(pruned)
-    apply_plan(pruned, plan)
+    pruned, masked = prune_with_reference(model, list(cfg.sites), scores, plan, keep)
     return plan, pruned, masked
 
 

@@ -52,11 +52,12 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (top == labels[:, None]).any(axis=1)
 
 
-def infer_in_range(runner: Runner, x: np.ndarray) -> np.ndarray:
+def infer_in_range(runner: Runner, x: np.ndarray, max_batch: int | None = None) -> np.ndarray:
     """Logits for any number of samples on a runner with a limited batch range (a static graph, an engine's
-    profile): chunks of at most its largest batch, a short last chunk padded with copies of its last sample."""
+    profile): chunks of at most its largest batch (and `max_batch`), a short last chunk padded with copies of its
+    last sample."""
     low, high = runner.batch_range
-    step = high or len(x)
+    step = min(b for b in (high, max_batch, len(x)) if b)
     outs = []
     for i in range(0, len(x), step):
         chunk = x[i:i + step]

@@ -7,11 +7,11 @@ from typing import Optional
 
 import torch
 
-from vitdeploy.compress.gates import attach_gates, detach_gates, fold_gates, zero_pruned
-from vitdeploy.compress.plan import apply_plan, plan_to_dict
+from vitdeploy.compress.gates import attach_gates, detach_gates
+from vitdeploy.compress.plan import plan_to_dict
 from vitdeploy.compress.recipe import Recipe, TrainCfg
 from vitdeploy.compress.train import evaluate_top1, fit, seed_everything
-from vitdeploy.compress.vtp import magnitude_scores, plan_from_scores
+from vitdeploy.compress.vtp import magnitude_scores, plan_from_scores, prune_with_reference
 from vitdeploy.data import digits_data_config, load_dataset, make_loader, parse_data_spec
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import atomic_write_json, staged_dir
@@ -110,12 +110,7 @@ def run_compress(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: 
 
     # 2. plan; the masked reference (gated, dropped scores zeroed); the pruned model (scores folded, then sliced)
     plan, keep = plan_from_scores(base, scores, cfg)
-    masked = copy.deepcopy(base)
-    zero_pruned(attach_gates(masked, cfg.sites, gate_values), keep)
-    pruned = copy.deepcopy(base)
-    attach_gates(pruned, cfg.sites, gate_values)
-    fold_gates(pruned)
-    apply_plan(pruned, plan)
+    pruned, masked = prune_with_reference(base, list(cfg.sites), gate_values, plan, keep)
     x = next(iter(val_loader))[0][:32] if val_loader is not None else torch.randn(8, *input_size, generator=torch.Generator().manual_seed(0))
     max_diff = _max_diff(pruned, masked, x)
     del masked, base

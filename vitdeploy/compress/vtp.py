@@ -4,11 +4,13 @@ fraction per site, and attention kept uniform across heads (q/k and v dims decid
 optionally removed)."""
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 
-from vitdeploy.compress.gates import site_sizes
-from vitdeploy.compress.plan import BlockPlan, align_count
+from vitdeploy.compress.gates import attach_gates, fold_gates, site_sizes, zero_pruned
+from vitdeploy.compress.plan import BlockPlan, align_count, apply_plan
 from vitdeploy.compress.recipe import PruneCfg
 from vitdeploy.errors import RecipeError
 from vitdeploy.models.surgery import attention_dims
@@ -141,3 +143,16 @@ def _surviving_heads(per_head: torch.Tensor, v: torch.Tensor, cfg: PruneCfg) -> 
 def magnitude_plan(model: nn.Module, cfg: PruneCfg) -> list[BlockPlan]:
     """A plan from weight magnitudes alone, in seconds, for any model (structure-only benchmarks, quick looks)."""
     return plan_from_scores(model, magnitude_scores(model, list(cfg.sites)), cfg)[0]
+
+
+def prune_with_reference(base: nn.Module, sites: list[str], gate_values: Scores, plan: list[BlockPlan],
+                         keep: dict) -> tuple[nn.Module, nn.Module]:
+    """The pruned model (scores folded into the weights, then the plan sliced out) and the reference it must
+    equal: the gated model with every dropped score zeroed. `base` (ungated) is left untouched."""
+    masked = copy.deepcopy(base)
+    zero_pruned(attach_gates(masked, sites, gate_values), keep)
+    pruned = copy.deepcopy(base)
+    attach_gates(pruned, sites, gate_values)
+    fold_gates(pruned)
+    apply_plan(pruned, plan)
+    return pruned, masked

@@ -246,7 +246,7 @@ def parity(model: torch.nn.Module, onnx_path: str | Path, inputs: np.ndarray, th
     Returns max/mean absolute difference, mean per-sample cosine, top-1 agreement and n. Inputs are run in
     chunks of `batch_size` (or the file's fixed batch, padding the last chunk).
     """
-    from vitdeploy.bench.accuracy import compare_logits
+    from vitdeploy.bench.accuracy import compare_logits, infer_in_range
     from vitdeploy.bench.runners import OrtRunner, TorchRunner
 
     x = np.ascontiguousarray(np.asarray(inputs, dtype=np.float32))
@@ -254,19 +254,6 @@ def parity(model: torch.nn.Module, onnx_path: str | Path, inputs: np.ndarray, th
         raise VitDeployError(f"parity needs a non-empty NCHW batch, got shape {x.shape}")
     with cpu_fp32_model(model) as m:
         with TorchRunner(m, threads=threads) as tr, OrtRunner(onnx_path, provider="cpu", threads=threads) as orr:
-            chunk = orr.static_batch or max(1, int(batch_size))
-            ref = _run_chunked(tr, x, chunk)
-            got = _run_chunked(orr, x, chunk)
+            ref = infer_in_range(tr, x, max(1, int(batch_size)))
+            got = infer_in_range(orr, x, max(1, int(batch_size)))
     return compare_logits(got, ref)
-
-
-def _run_chunked(runner: Any, x: np.ndarray, chunk: int) -> np.ndarray:
-    """infer over `x` in fixed-size chunks, padding the last one by repeating its final sample."""
-    outs = []
-    for i in range(0, len(x), chunk):
-        part = x[i:i + chunk]
-        n = len(part)
-        if n < chunk:
-            part = np.concatenate([part, np.repeat(part[-1:], chunk - n, axis=0)])
-        outs.append(runner.infer(part)[:n])
-    return np.concatenate(outs)

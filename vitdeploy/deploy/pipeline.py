@@ -19,11 +19,12 @@ import numpy as np
 import onnx
 import torch
 
+from vitdeploy.bench.accuracy import infer_in_range
 from vitdeploy.data import calibration_subset, load_dataset
 from vitdeploy.deploy.fp16 import IO_DTYPES, build_fp16
 from vitdeploy.deploy.graph import clean_graph
 from vitdeploy.deploy.int8 import DEFAULT_CALIB_IMAGES, Int8Config, quantize_int8
-from vitdeploy.deploy.onnx_export import _run_chunked, export_onnx, onnx_summary
+from vitdeploy.deploy.onnx_export import export_onnx, onnx_summary
 from vitdeploy.errors import DataError, VitDeployError
 from vitdeploy.io import atomic_write_json, sha256_file, staged_dir
 from vitdeploy.models import LoadedModel
@@ -120,14 +121,14 @@ class Reference:
 
         self.x, self.scratch = np.ascontiguousarray(x, dtype=np.float32), scratch
         with cpu_fp32_model(model) as m, TorchRunner(m) as tr:
-            self.logits = _run_chunked(tr, self.x, 32)
+            self.logits = infer_in_range(tr, self.x, 32)
 
     def logits_of(self, path: Path, n: Optional[int] = None) -> np.ndarray:
         from vitdeploy.bench.runners import OrtRunner
 
         x = self.x[:n] if n else self.x
         with OrtRunner(path, provider="cpu") as r:
-            return _run_chunked(r, x, r.static_batch or 32)
+            return infer_in_range(r, x, 32)
 
     def parity(self, path: Path, n: Optional[int] = None) -> dict:
         from vitdeploy.bench.accuracy import compare_logits
