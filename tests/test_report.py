@@ -72,7 +72,7 @@ def test_budget_bands_give_best_within(pts, budget):
 
 # ------------------------------------------------------------------------------------------------- plots
 def test_plot_kept_dims(tmp_path):
-    dense = [{"block": i, "heads": 6, "qk_head_dim": 64, "v_head_dim": 64, "mlp_in": 384, "mlp_hidden": 1536}
+    dense = [{"block": i, "heads": 6, "qk_head_dim": 64, "v_head_dim": 64, "attn_in": 384, "mlp_in": 384, "mlp_hidden": 1536}
              for i in range(12)]
     kept = [dict(b, heads=6 - i % 3, qk_head_dim=32 + 8 * (i % 4), mlp_hidden=1536 - 96 * i) for i, b in enumerate(dense)]
     assert_png(plot_kept_dims(kept, dense, tmp_path / "with.png", "deit_small: kept per block"))
