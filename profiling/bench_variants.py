@@ -66,7 +66,8 @@ def cpu_rows(model: str, deploys: dict[str, Path], trained: bool, iters: int) ->
         by_label = {a.label: k for k, a in arts.items()}
         for rec in evaluate_artifacts(pairs, "digits", show_progress=False):
             top1[by_label[rec["artifact"]]] = rec["top1"]
-    runners = {k: OrtRunner(a.onnx_path, threads=THREADS) for k, a in arts.items()}
+    # all sessions live at once and run round-robin: no spin-waiting, or idle sessions' threads steal the 2 cores
+    runners = {k: OrtRunner(a.onnx_path, threads=THREADS, spin=False) for k, a in arts.items()}
     size = next(iter(arts.values())).input_size
     timings = {}
     for r in runners.values():

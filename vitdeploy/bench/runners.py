@@ -237,11 +237,14 @@ class OrtRunner(Runner):
     `threads` pins intra_op_num_threads (inter_op is 1, sequential execution); without it, intra-op threads are
     pinned to the physical core count (onnxruntime's own default), so the number used is always recorded.
     `profile_dir` turns on onnxruntime's profiler; the JSON lands there on deactivate (`profile_path`).
+    `spin=False` stops idle intra-op threads from spin-waiting: needed when several sessions are timed interleaved
+    on few cores, where one session's spinning threads would steal the cores the next one runs on.
     """
 
     def __init__(self, onnx_path: str | Path, provider: str = "cpu", threads: int | None = None,
-                 profile_dir: str | None = None) -> None:
+                 profile_dir: str | None = None, spin: bool = True) -> None:
         super().__init__()
+        self.spin = spin
         self._ort = _import_ort()
         provider = str(provider).lower()
         self.providers = _check_provider(self._ort, provider)
@@ -278,6 +281,8 @@ class OrtRunner(Runner):
         so.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3  # errors only: keep provider chatter off the user's terminal
+        if not self.spin:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.profile_dir is not None:
             self.profile_dir.mkdir(parents=True, exist_ok=True)
             self._scratch = Path(tempfile.mkdtemp(prefix=".ort-profile.", dir=self.profile_dir))
