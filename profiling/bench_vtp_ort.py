@@ -34,6 +34,7 @@ PLANS = {
 def session(path: Path) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # five live sessions share 2 cores
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
