@@ -61,7 +61,7 @@ def onnxslim_of(raw: Path, out: Path) -> Optional[str]:
 
 def timed(paths: dict[str, Path], x: np.ndarray, iters: int, warmup: int) -> dict[str, float]:
     """p50 ms of each graph on ORT CPU, `THREADS` intra-op threads, timed round-robin in this process."""
-    runners = {k: OrtRunner(p, provider="cpu", threads=THREADS) for k, p in paths.items()}
+    runners = {k: OrtRunner(p, provider="cpu", threads=THREADS, spin=False) for k, p in paths.items()}
     for r in runners.values():
         r.activate()
     try:
