@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from vitdeploy.bench.plots import plot_kept_dims
 from vitdeploy.compress.gates import attach_gates, detach_gates
 from vitdeploy.compress.plan import plan_to_dict
 from vitdeploy.compress.recipe import Recipe, TrainCfg
@@ -149,16 +150,8 @@ def run_compress(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: 
     with staged_dir(out) as stage:
         save_model_dir(stage, pruned, arch, data_config, classes=loaded.meta.get("classes"),
                        provenance=report["provenance"], compress={k: report[k] for k in ("recipe", "params", "macs", "top1")})
-        report["plot"] = _plot_kept(report, stage / "kept_dims.png", f"{recipe.name}: kept dims per block")
+        report["plot"] = plot_kept_dims(report["kept"], report["dense_blocks"], stage / "kept_dims.png",
+                                        f"{recipe.name}: kept dims per block").name
         atomic_write_json(stage / "compress.json", report)
     return report
 
-
-def _plot_kept(report: dict, path: Path, title: str) -> Optional[str]:
-    """The kept-dims PNG beside compress.json (drawn by the measurement module's plotting helpers)."""
-    try:
-        from vitdeploy.bench.plots import plot_kept_dims
-    except ImportError:
-        return None
-    plot_kept_dims(report["kept"], report["dense_blocks"], path, title)
-    return path.name
