@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from vitdeploy.bench.plots import plot_kept_dims
 from vitdeploy.compress.gates import attach_gates, detach_gates
@@ -63,45 +65,66 @@ def run_train(loaded: LoadedModel, data: str, cfg: TrainCfg, out: Path, seed: in
 
 
 @torch.no_grad()
-def _max_diff(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
+def max_abs_diff(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
     return (a.eval()(x) - b.eval()(x)).abs().max().item()
 
 
-def _stage(name: str, model: torch.nn.Module, input_size: tuple, top1: Optional[float]) -> dict:
-    return {"stage": name, "params": count_params(model), "macs": count_macs(model, input_size), "top1": top1}
+@dataclass
+class CompressContext:
+    """What every compression method works with: the dense model, the data, the accuracy probe and the stage
+    table that ends up in compress.json. Methods add stages through `add_stage`."""
+
+    loaded: LoadedModel
+    recipe: Recipe
+    data: Optional[str]
+    data_config: dict
+    dense: torch.nn.Module
+    train_loader: Optional[DataLoader] = None
+    val_loader: Optional[DataLoader] = None
+    train_set: Optional[Dataset] = None
+    stages: list = field(default_factory=list)
+
+    @property
+    def input_size(self) -> tuple:
+        return tuple(self.data_config["input_size"])
+
+    def top1(self, model: torch.nn.Module) -> Optional[float]:
+        return evaluate_top1(model, self.val_loader, self.recipe.eval_batches) if self.val_loader is not None else None
+
+    def add_stage(self, name: str, model: torch.nn.Module, **extra) -> dict:
+        row = {"stage": name, "params": count_params(model), "macs": count_macs(model, self.input_size),
+               "top1": self.top1(model)} | extra
+        self.stages.append(row)
+        return row
+
+    def train_loader_for(self, cfg: TrainCfg) -> DataLoader:
+        """The fine-tuning loader, or a fresh one when a phase uses another batch size or augmentation."""
+        ft = self.recipe.finetune
+        if cfg.batch_size == ft.batch_size and cfg.augment == ft.augment:
+            return self.train_loader
+        return _loaders(self.data, self.data_config, cfg.batch_size, self.recipe.seed, cfg.augment)[0]
+
+    def sample(self, n: int = 32) -> tuple[torch.Tensor, str]:
+        """Inputs for equivalence checks: val images where there is data, seeded noise otherwise."""
+        if self.val_loader is not None:
+            return next(iter(self.val_loader))[0][:n], "val images"
+        return torch.randn(min(n, 8), *self.input_size, generator=torch.Generator().manual_seed(0)), "seeded random"
 
 
-def run_compress(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: Path, recipe_source: str) -> dict:
-    """VTP end to end: gates, sparsity training (learned importance) or weight magnitudes, a global-threshold
-    plan, fold + slice (checked against the masked gated model), fine-tuning, and a model dir with compress.json."""
-    seed_everything(recipe.seed)
-    cfg = recipe.prune
-    data_config = data_config_for(loaded, data)
-    input_size = tuple(data_config["input_size"])
-    dense = loaded.model.eval()
-    if cfg.importance == "learned" and data is None:
+def _vtp(ctx: CompressContext) -> tuple[torch.nn.Module, dict]:
+    """VTP: gates trained with the L1 term (learned importance) or weight magnitudes, a global-threshold plan,
+    fold + slice checked against the masked gated model."""
+    cfg, recipe = ctx.recipe.prune, ctx.recipe
+    if cfg.importance == "learned" and ctx.data is None:
         raise VitDeployError("prune.importance 'learned' trains importance scores and needs --data "
                              "(or use --set prune.importance=magnitude for a training-free plan)")
-    train_loader = val_loader = None
-    if data is not None:
-        train_loader, val_loader, train_ds, _ = _loaders(data, data_config, recipe.finetune.batch_size, recipe.seed,
-                                                         recipe.finetune.augment)
-        if train_ds.num_classes != dense.num_classes:
-            raise VitDeployError(f"the model has {dense.num_classes} classes but data '{data}' has {train_ds.num_classes}: "
-                                 "train it on this data first (vitdeploy train)")
-    top1 = (lambda m: evaluate_top1(m, val_loader, recipe.eval_batches)) if val_loader is not None else (lambda m: None)
-    stages = [_stage("dense", dense, input_size, top1(dense))]
-
-    # 1. importance: VTP gates trained with the L1 term (the weights train too), or weight magnitudes
-    base = copy.deepcopy(dense)
+    base = copy.deepcopy(ctx.dense)
     sparsity_history: list = []
     if cfg.importance == "learned":
         gates = attach_gates(base, cfg.sites)
         sp = recipe.sparsity
-        sp_loader = train_loader if sp.batch_size == recipe.finetune.batch_size else _loaders(
-            data, data_config, sp.batch_size, recipe.seed, sp.augment)[0]
-        sparsity_history = fit(base, sp_loader, val_loader, sp, desc="sparsity", gates=gates)["epochs"]
-        stages.append(_stage("sparsity", base, input_size, top1(base)) | {"scores": gates.numel()})
+        sparsity_history = fit(base, ctx.train_loader_for(sp), ctx.val_loader, sp, desc="sparsity", gates=gates)["epochs"]
+        ctx.add_stage("sparsity", base, scores=gates.numel())
         detach_gates(base)
         scores = {(b, s): a.detach().clone() for b, s, a in gates.items()}
         gate_values = scores
@@ -109,49 +132,91 @@ def run_compress(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: 
         scores = magnitude_scores(base, list(cfg.sites))
         gate_values = {k: torch.ones_like(v) for k, v in scores.items()}
 
-    # 2. plan; the masked reference (gated, dropped scores zeroed); the pruned model (scores folded, then sliced)
+    # the plan; the masked reference (gated, dropped scores zeroed); the pruned model (scores folded, then sliced)
     plan, keep = plan_from_scores(base, scores, cfg)
     pruned, masked = prune_with_reference(base, list(cfg.sites), gate_values, plan, keep)
-    x = next(iter(val_loader))[0][:32] if val_loader is not None else torch.randn(8, *input_size, generator=torch.Generator().manual_seed(0))
-    max_diff = _max_diff(pruned, masked, x)
+    x, inputs = ctx.sample()
+    max_diff = max_abs_diff(pruned, masked, x)
     del masked, base
-    stages.append(_stage("pruned", pruned, input_size, top1(pruned)))
-
-    # 3. fine-tuning without the L1 term, optionally distilled from the dense model
-    history = {"epochs": []}
-    if train_loader is not None and recipe.finetune.epochs > 0:
-        history = fit(pruned, train_loader, val_loader, recipe.finetune, teacher=dense, distill=recipe.distill, desc="fine-tune")
-        stages.append(_stage("finetuned", pruned, input_size, top1(pruned)))
-
-    first, last = stages[0], stages[-1]
-    report = {
-        "recipe": recipe.to_dict(), "recipe_source": recipe_source, "model": loaded.source, "data": data,
-        "params": {"before": first["params"], "after": last["params"]},
-        "macs": {"before": first["macs"], "after": last["macs"]},
-        "top1": {"before": first["top1"], "pruned": next(s["top1"] for s in stages if s["stage"] == "pruned"),
-                 "after": last["top1"] if last["stage"] == "finetuned" else None},
-        "stages": stages,
-        "reduction": {"rate": cfg.rate, "params": 1 - last["params"] / first["params"],
-                      "macs": 1 - last["macs"] / first["macs"],
-                      "scored_dims": sum(v.numel() for v in scores.values()),
+    ctx.add_stage("pruned", pruned)
+    return pruned, {
+        "plan": plan_to_dict(plan), "sparsity": sparsity_history,
+        "reduction": {"rate": cfg.rate, "scored_dims": sum(v.numel() for v in scores.values()),
                       "kept_dims": sum(len(k) for k in keep.values())},
         "equivalence": {"max_abs_diff": max_diff, "reference": "gated model with the dropped scores zeroed",
-                        "inputs": "val images" if val_loader is not None else "seeded random"},
+                        "inputs": inputs},
+    }
+
+
+def _decompose(ctx: CompressContext, model: torch.nn.Module) -> dict:
+    """Low-rank factoring of the chosen layers in place; per-layer ranks and errors, and the output drift."""
+    from vitdeploy.compress.decompose import decompose_model
+
+    before = copy.deepcopy(model)
+    layers = decompose_model(model, ctx.recipe.decompose)
+    x, inputs = ctx.sample()
+    ctx.add_stage("factored", model)
+    return {"layers": layers, "output_max_abs_diff": max_abs_diff(before, model, x), "inputs": inputs}
+
+
+def run_compress(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: Path, recipe_source: str) -> dict:
+    """Compression end to end: the method's pruning stage (VTP or MCF), optional low-rank factoring, fine-tuning
+    (optionally distilled from the dense model), and a model dir with compress.json and the kept-dims plot."""
+    seed_everything(recipe.seed)
+    data_config = data_config_for(loaded, data)
+    ctx = CompressContext(loaded, recipe, data, data_config, loaded.model.eval())
+    if data is not None:
+        ctx.train_loader, ctx.val_loader, ctx.train_set, _ = _loaders(data, data_config, recipe.finetune.batch_size,
+                                                                      recipe.seed, recipe.finetune.augment)
+        if ctx.train_set.num_classes != ctx.dense.num_classes:
+            raise VitDeployError(f"the model has {ctx.dense.num_classes} classes but data '{data}' has "
+                                 f"{ctx.train_set.num_classes}: train it on this data first (vitdeploy train)")
+    ctx.add_stage("dense", ctx.dense)
+
+    if recipe.method == "mcf":
+        from vitdeploy.compress.mcf import run_mcf
+
+        pruned, details = run_mcf(ctx)
+    else:
+        pruned, details = _vtp(ctx)
+    if recipe.decompose.enabled:
+        details["decompose"] = _decompose(ctx, pruned)
+
+    history = {"epochs": []}
+    if ctx.train_loader is not None and recipe.finetune.epochs > 0:
+        history = fit(pruned, ctx.train_loader, ctx.val_loader, recipe.finetune, teacher=ctx.dense, distill=recipe.distill,
+                      desc="fine-tune")
+        ctx.add_stage("finetuned", pruned)
+    return _write(ctx, pruned, details, history["epochs"], out, recipe_source)
+
+
+def _write(ctx: CompressContext, model: torch.nn.Module, details: dict, finetune: list, out: Path,
+           recipe_source: str) -> dict:
+    recipe, loaded, stages = ctx.recipe, ctx.loaded, ctx.stages
+    first, last = stages[0], stages[-1]
+    compressed = next(s for s in stages if s["stage"] == "pruned")
+    reduction = details.pop("reduction", {})
+    report = {
+        "recipe": recipe.to_dict(), "recipe_source": recipe_source, "model": loaded.source, "data": ctx.data,
+        "params": {"before": first["params"], "after": last["params"]},
+        "macs": {"before": first["macs"], "after": last["macs"]},
+        "top1": {"before": first["top1"], "pruned": compressed["top1"],
+                 "after": last["top1"] if last["stage"] == "finetuned" else None},
+        "stages": stages,
+        "reduction": reduction | {"params": 1 - last["params"] / first["params"], "macs": 1 - last["macs"] / first["macs"]},
     }
     for key in ("params", "macs"):
         report[key]["ratio"] = report[key]["after"] / report[key]["before"]
-    arch = describe(pruned, loaded.arch.base, loaded.arch.kwargs)
+    arch = describe(model, loaded.arch.base, loaded.arch.kwargs)
     report["kept"] = block_table(arch)
-    report["dense_blocks"] = block_table(describe(dense, loaded.arch.base, loaded.arch.kwargs))
-    report["plan"] = plan_to_dict(plan)
-    report["sparsity"] = sparsity_history
-    report["finetune"] = history["epochs"]
-    report["provenance"] = provenance(source=loaded.source, data=data, recipe=recipe.name)
+    report["dense_blocks"] = block_table(describe(ctx.dense, loaded.arch.base, loaded.arch.kwargs))
+    report |= details
+    report["finetune"] = finetune
+    report["provenance"] = provenance(source=loaded.source, data=ctx.data, recipe=recipe.name)
     with staged_dir(out) as stage:
-        save_model_dir(stage, pruned, arch, data_config, classes=loaded.meta.get("classes"),
+        save_model_dir(stage, model, arch, ctx.data_config, classes=loaded.meta.get("classes"),
                        provenance=report["provenance"], compress={k: report[k] for k in ("recipe", "params", "macs", "top1")})
         report["plot"] = plot_kept_dims(report["kept"], report["dense_blocks"], stage / "kept_dims.png",
                                         f"{recipe.name}: kept dims per block").name
         atomic_write_json(stage / "compress.json", report)
     return report
-

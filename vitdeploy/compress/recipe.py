@@ -71,24 +71,66 @@ class PruneCfg:
     remove_heads: bool = spec(False, doc="remove whole heads whose v dims fall below the threshold (needs attn_out)")
 
 
+DECOMPOSE_METHODS = ("svd", "qr-full", "qr-reduced", "qr-pivoted", "cod", "lu")
+LAYER_CHOICES = ("qkv", "proj", "fc1", "fc2")
+
+
+@dataclass
+class DecomposeCfg:
+    """Low-rank factoring after pruning: each chosen Linear W (out × in) becomes two thin layers of rank r."""
+    enabled: bool = spec(False, doc="factor layers after pruning, before fine-tuning")
+    method: str = spec("svd", choices=DECOMPOSE_METHODS,
+                       doc="svd (balanced U√Σ · √ΣVᵀ), qr-full, qr-reduced, qr-pivoted (rank-revealing), cod "
+                           "(complete orthogonal), lu (partial pivoting)")
+    layers: list = spec(["qkv", "proj"], choices=LAYER_CHOICES, doc="which Linear layers of every block to factor")
+    rank_rule: str = spec("ratio", choices=("energy", "ratio", "budget"),
+                          doc="energy: keep a fraction of Σσ²; ratio: r = ratio·min(out, in); budget: params/MACs kept")
+    energy: float = spec(0.95, lo=0, hi=1, lo_open=True, doc="energy rule: smallest r whose σ² sum reaches this fraction")
+    ratio: float = spec(0.5, lo=0, hi=1, lo_open=True, doc="ratio rule: r = ratio · min(out, in)")
+    budget: float = spec(0.5, lo=0, hi=1, lo_open=True,
+                         doc="budget rule: the factored layers keep at most this fraction of their params (and MACs)")
+    alignment: int = spec(8, choices=(8, 16, 32, 64), doc="ranks are rounded up to multiples of this")
+
+
+@dataclass
+class McfCfg:
+    """MCF: FFN importance from the class token's contributions (FIS), cut as structured dims (CRS), back to front."""
+    calib_images: int = spec(1024, lo=1, doc="calibration images for the importance (the whole train split if fewer)")
+    token: str = spec("auto", choices=("auto", "cls", "mean"),
+                      doc="token whose contributions are scored (auto: the class token, else the mean patch token)")
+    threshold: float = spec(0.01, lo=0, lo_open=True,
+                            doc="a product x_c·W1[j, c] is negligible when below this fraction of the output it sums into")
+    recovery_epochs: int = spec(1, lo=0, doc="training epochs (finetune settings) after each FFN is compressed")
+
+
 @dataclass
 class Recipe:
     name: str = spec("", doc="recipe name (default: the YAML file name)")
-    method: str = spec("vtp", choices=("vtp",), doc="compression method")
+    method: str = spec("vtp", choices=("vtp", "mcf"),
+                       doc="vtp: learned or magnitude importance over the chosen sites; mcf: FFN compression")
     description: str = spec("", doc="one line for reports")
     seed: int = spec(0, doc="seed for data order and sampling")
     prune: PruneCfg = field(default_factory=PruneCfg)
     sparsity: SparsityCfg = field(default_factory=SparsityCfg)
     finetune: TrainCfg = field(default_factory=TrainCfg)
     distill: DistillCfg = field(default_factory=DistillCfg)
+    decompose: DecomposeCfg = field(default_factory=DecomposeCfg)
+    mcf: McfCfg = field(default_factory=McfCfg)
     eval_batches: Optional[int] = spec(None, lo=1, doc="limit evaluation to this many val batches (None: all)")
 
     def check(self) -> "Recipe":
         """Rules that span fields; each failure names the keys."""
         if len(set(self.prune.sites)) != len(self.prune.sites):
             raise RecipeError("recipe field 'prune.sites' lists a site twice")
-        if self.prune.importance == "learned" and self.sparsity.epochs == 0:
+        if self.method == "mcf":
+            other = [s for s in self.prune.sites if s not in ("mlp_in", "mlp_hidden")]
+            if other:
+                raise RecipeError(f"method 'mcf' compresses the FFN only: prune.sites may list mlp_in and mlp_hidden, "
+                                  f"not {other[0]}")
+        elif self.prune.importance == "learned" and self.sparsity.epochs == 0:
             raise RecipeError("prune.importance 'learned' needs sparsity.epochs >= 1 (or use importance: magnitude)")
+        if self.decompose.enabled and len(set(self.decompose.layers)) != len(self.decompose.layers):
+            raise RecipeError("recipe field 'decompose.layers' lists a layer twice")
         if self.prune.remove_heads and "attn_out" not in self.prune.sites:
             raise RecipeError("prune.remove_heads needs 'attn_out' in prune.sites (a head is removed when its v dims are)")
         return self
