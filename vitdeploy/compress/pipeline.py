@@ -111,7 +111,22 @@ class CompressContext:
         return torch.randn(min(n, 8), *self.input_size, generator=torch.Generator().manual_seed(0)), "seeded random"
 
 
-def _vtp(ctx: CompressContext) -> tuple[torch.nn.Module, dict]:
+def make_context(loaded: LoadedModel, recipe: Recipe, data: Optional[str]) -> CompressContext:
+    """Seeds, loaders (when there is data) and the dense stage row."""
+    seed_everything(recipe.seed)
+    data_config = data_config_for(loaded, data)
+    ctx = CompressContext(loaded, recipe, data, data_config, loaded.model.eval())
+    if data is not None:
+        ctx.train_loader, ctx.val_loader, ctx.train_set, _ = _loaders(data, data_config, recipe.finetune.batch_size,
+                                                                      recipe.seed, recipe.finetune.augment)
+        if ctx.train_set.num_classes != ctx.dense.num_classes:
+            raise VitDeployError(f"the model has {ctx.dense.num_classes} classes but data '{data}' has "
+                                 f"{ctx.train_set.num_classes}: train it on this data first (vitdeploy train)")
+    ctx.add_stage("dense", ctx.dense)
+    return ctx
+
+
+def vtp_stage(ctx: CompressContext) -> tuple[torch.nn.Module, dict]:
     """VTP: gates trained with the L1 term (learned importance) or weight magnitudes, a global-threshold plan,
     fold + slice checked against the masked gated model."""
     cfg, recipe = ctx.recipe.prune, ctx.recipe
@@ -148,7 +163,7 @@ def _vtp(ctx: CompressContext) -> tuple[torch.nn.Module, dict]:
     }
 
 
-def _decompose(ctx: CompressContext, model: torch.nn.Module) -> dict:
+def decompose_stage(ctx: CompressContext, model: torch.nn.Module) -> dict:
     """Low-rank factoring of the chosen layers in place; per-layer ranks and errors, and the output drift."""
     from vitdeploy.compress.decompose import decompose_model
 
@@ -162,25 +177,16 @@ def _decompose(ctx: CompressContext, model: torch.nn.Module) -> dict:
 def run_compress(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: Path, recipe_source: str) -> dict:
     """Compression end to end: the method's pruning stage (VTP or MCF), optional low-rank factoring, fine-tuning
     (optionally distilled from the dense model), and a model dir with compress.json and the kept-dims plot."""
-    seed_everything(recipe.seed)
-    data_config = data_config_for(loaded, data)
-    ctx = CompressContext(loaded, recipe, data, data_config, loaded.model.eval())
-    if data is not None:
-        ctx.train_loader, ctx.val_loader, ctx.train_set, _ = _loaders(data, data_config, recipe.finetune.batch_size,
-                                                                      recipe.seed, recipe.finetune.augment)
-        if ctx.train_set.num_classes != ctx.dense.num_classes:
-            raise VitDeployError(f"the model has {ctx.dense.num_classes} classes but data '{data}' has "
-                                 f"{ctx.train_set.num_classes}: train it on this data first (vitdeploy train)")
-    ctx.add_stage("dense", ctx.dense)
+    ctx = make_context(loaded, recipe, data)
 
     if recipe.method == "mcf":
         from vitdeploy.compress.mcf import run_mcf
 
         pruned, details = run_mcf(ctx)
     else:
-        pruned, details = _vtp(ctx)
+        pruned, details = vtp_stage(ctx)
     if recipe.decompose.enabled:
-        details["decompose"] = _decompose(ctx, pruned)
+        details["decompose"] = decompose_stage(ctx, pruned)
 
     history = {"epochs": []}
     if ctx.train_loader is not None and recipe.finetune.epochs > 0:
