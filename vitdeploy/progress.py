@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from vitdeploy import distributed
+
 console = Console(stderr=True)
 
 
@@ -13,5 +15,5 @@ def make_progress(transient: bool = False) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-        console=console, transient=transient,
+        console=console, transient=transient, disable=not distributed.is_main(),
     )

@@ -9,7 +9,9 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vitdeploy import distributed
 from vitdeploy.bench.plots import plot_kept_dims
+from vitdeploy.compress.checkpoint import PhaseCheckpoint, RunCheckpoints
 from vitdeploy.compress.gates import attach_gates, detach_gates
 from vitdeploy.compress.plan import plan_to_dict
 from vitdeploy.compress.recipe import Recipe, TrainCfg
@@ -41,26 +43,32 @@ def match_classes(loaded: LoadedModel, num_classes: int) -> bool:
 def _loaders(data: str, data_config: dict, batch_size: int, seed: int, augment: bool):
     train = load_dataset(data, "train", data_config, augment=augment, seed=seed)
     val = load_dataset(data, "val", data_config)
-    return (make_loader(train, batch_size, shuffle=True, seed=seed, drop_last=len(train) > batch_size),
-            make_loader(val, 256), train, val)
+    return (make_loader(train, batch_size, shuffle=True, seed=seed, drop_last=len(train) > batch_size, shard=True),
+            make_loader(val, 256, shard=True), train, val)
 
 
-def run_train(loaded: LoadedModel, data: str, cfg: TrainCfg, out: Path, seed: int = 0) -> dict:
+def run_train(loaded: LoadedModel, data: str, cfg: TrainCfg, out: Path, seed: int = 0, resume: bool = False,
+              checkpoint_every: int = 0) -> dict:
+    """Train and write a model dir. Checkpoints go to OUT.ckpt/ (see compress.checkpoint); `resume` continues them."""
     seed_everything(seed)
     data_config = data_config_for(loaded, data)
     train_loader, val_loader, train_ds, _ = _loaders(data, data_config, cfg.batch_size, seed, cfg.augment)
     reset = match_classes(loaded, train_ds.num_classes)
-    model = loaded.model
-    history = fit(model, train_loader, val_loader, cfg, desc="train")
+    model = loaded.model.to(distributed.device())
+    ckpts = RunCheckpoints(out, {"command": "train", "model": loaded.source, "data": data, "seed": seed, "train": vars(cfg)},
+                           resume, checkpoint_every)
+    history = fit(model, train_loader, val_loader, cfg, desc="train", checkpoint=ckpts.phase("train"))
     arch = describe(model, loaded.arch.base, loaded.arch.kwargs)
     summary = {
         "data": data, "classes": list(train_ds.classes), "head_reset": reset,
         "params": count_params(model), "macs": count_macs(model, tuple(data_config["input_size"])),
         "top1": history["val_top1"], "history": history["epochs"], "train_config": vars(cfg) | {"seed": seed},
     }
-    with staged_dir(out) as stage:
-        save_model_dir(stage, model, arch, data_config, classes=list(train_ds.classes),
-                       provenance=provenance(source=loaded.source, data=data), train=summary)
+    if distributed.is_main():
+        with staged_dir(out) as stage:
+            save_model_dir(stage, model, arch, data_config, classes=list(train_ds.classes),
+                           provenance=provenance(source=loaded.source, data=data), train=summary)
+    ckpts.finish()
     return summary
 
 
@@ -83,6 +91,7 @@ class CompressContext:
     val_loader: Optional[DataLoader] = None
     train_set: Optional[Dataset] = None
     stages: list = field(default_factory=list)
+    checkpoints: Optional[RunCheckpoints] = None
 
     @property
     def input_size(self) -> tuple:
@@ -104,6 +113,10 @@ class CompressContext:
             return self.train_loader
         return _loaders(self.data, self.data_config, cfg.batch_size, self.recipe.seed, cfg.augment)[0]
 
+    def checkpoint(self, phase: str) -> Optional[PhaseCheckpoint]:
+        """Where a training phase of this run saves and resumes (None when the run keeps no checkpoints)."""
+        return self.checkpoints.phase(phase) if self.checkpoints is not None else None
+
     def sample(self, n: int = 32) -> tuple[torch.Tensor, str]:
         """Inputs for equivalence checks: val images where there is data, seeded noise otherwise."""
         if self.val_loader is not None:
@@ -111,11 +124,15 @@ class CompressContext:
         return torch.randn(min(n, 8), *self.input_size, generator=torch.Generator().manual_seed(0)), "seeded random"
 
 
-def make_context(loaded: LoadedModel, recipe: Recipe, data: Optional[str]) -> CompressContext:
-    """Seeds, loaders (when there is data) and the dense stage row."""
+def make_context(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: Optional[Path] = None,
+                 resume: bool = False) -> CompressContext:
+    """Seeds, loaders (when there is data), checkpoints (when there is an output) and the dense stage row."""
     seed_everything(recipe.seed)
     data_config = data_config_for(loaded, data)
-    ctx = CompressContext(loaded, recipe, data, data_config, loaded.model.eval())
+    ctx = CompressContext(loaded, recipe, data, data_config, loaded.model.to(distributed.device()).eval())
+    if out is not None:
+        ctx.checkpoints = RunCheckpoints(out, {"command": "compress", "model": loaded.source, "data": data,
+                                               "recipe": recipe.to_dict()}, resume, recipe.checkpoint_every)
     if data is not None:
         ctx.train_loader, ctx.val_loader, ctx.train_set, _ = _loaders(data, data_config, recipe.finetune.batch_size,
                                                                       recipe.seed, recipe.finetune.augment)
@@ -138,7 +155,8 @@ def vtp_stage(ctx: CompressContext) -> tuple[torch.nn.Module, dict]:
     if cfg.importance == "learned":
         gates = attach_gates(base, cfg.sites)
         sp = recipe.sparsity
-        sparsity_history = fit(base, ctx.train_loader_for(sp), ctx.val_loader, sp, desc="sparsity", gates=gates)["epochs"]
+        sparsity_history = fit(base, ctx.train_loader_for(sp), ctx.val_loader, sp, desc="sparsity", gates=gates,
+                               checkpoint=ctx.checkpoint("sparsity"))["epochs"]
         ctx.add_stage("sparsity", base, scores=gates.numel())
         detach_gates(base)
         scores = {(b, s): a.detach().clone() for b, s, a in gates.items()}
@@ -174,10 +192,11 @@ def decompose_stage(ctx: CompressContext, model: torch.nn.Module) -> dict:
     return {"layers": layers, "output_max_abs_diff": max_abs_diff(before, model, x), "inputs": inputs}
 
 
-def run_compress(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: Path, recipe_source: str) -> dict:
+def run_compress(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: Path, recipe_source: str,
+                 resume: bool = False) -> dict:
     """Compression end to end: the method's pruning stage (VTP or MCF), optional low-rank factoring, fine-tuning
     (optionally distilled from the dense model), and a model dir with compress.json and the kept-dims plot."""
-    ctx = make_context(loaded, recipe, data)
+    ctx = make_context(loaded, recipe, data, out, resume)
 
     if recipe.method == "mcf":
         from vitdeploy.compress.mcf import run_mcf
@@ -191,7 +210,7 @@ def run_compress(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: 
     history = {"epochs": []}
     if ctx.train_loader is not None and recipe.finetune.epochs > 0:
         history = fit(pruned, ctx.train_loader, ctx.val_loader, recipe.finetune, teacher=ctx.dense, distill=recipe.distill,
-                      desc="fine-tune")
+                      desc="fine-tune", checkpoint=ctx.checkpoint("finetune"))
         ctx.add_stage("finetuned", pruned)
     return _write(ctx, pruned, details, history["epochs"], out, recipe_source)
 
@@ -219,10 +238,18 @@ def _write(ctx: CompressContext, model: torch.nn.Module, details: dict, finetune
     report |= details
     report["finetune"] = finetune
     report["provenance"] = provenance(source=loaded.source, data=ctx.data, recipe=recipe.name)
+    if distributed.is_main():
+        _save(out, model, arch, ctx, report)
+    if ctx.checkpoints is not None:
+        ctx.checkpoints.finish()
+    return report
+
+
+def _save(out: Path, model: torch.nn.Module, arch, ctx: CompressContext, report: dict) -> None:
+    recipe, loaded = ctx.recipe, ctx.loaded
     with staged_dir(out) as stage:
         save_model_dir(stage, model, arch, ctx.data_config, classes=loaded.meta.get("classes"),
                        provenance=report["provenance"], compress={k: report[k] for k in ("recipe", "params", "macs", "top1")})
         report["plot"] = plot_kept_dims(report["kept"], report["dense_blocks"], stage / "kept_dims.png",
                                         f"{recipe.name}: kept dims per block").name
         atomic_write_json(stage / "compress.json", report)
-    return report

@@ -81,7 +81,7 @@ class DecomposeCfg:
     enabled: bool = spec(False, doc="factor layers after pruning, before fine-tuning")
     method: str = spec("svd", choices=DECOMPOSE_METHODS,
                        doc="svd (balanced U√Σ · √ΣVᵀ), qr-full, qr-reduced, qr-pivoted (rank-revealing), cod "
-                           "(complete orthogonal), lu (partial pivoting)")
+                           "(complete orthogonal), lu (complete pivoting); all with nested, least-squares-optimal factors")
     layers: list = spec(["qkv", "proj"], choices=LAYER_CHOICES, doc="which Linear layers of every block to factor")
     rank_rule: str = spec("ratio", choices=("energy", "ratio", "budget"),
                           doc="energy: keep a fraction of Σσ²; ratio: r = ratio·min(out, in); budget: params/MACs kept")
@@ -89,7 +89,8 @@ class DecomposeCfg:
     ratio: float = spec(0.5, lo=0, hi=1, lo_open=True, doc="ratio rule: r = ratio · min(out, in)")
     budget: float = spec(0.5, lo=0, hi=1, lo_open=True,
                          doc="budget rule: the factored layers keep at most this fraction of their params (and MACs)")
-    alignment: int = spec(8, choices=(8, 16, 32, 64), doc="ranks are rounded up to multiples of this")
+    alignment: int = spec(8, choices=(8, 16, 32, 64),
+                         doc="ranks are multiples of this (rounded up by energy and ratio, down by budget)")
 
 
 @dataclass
@@ -100,6 +101,14 @@ class McfCfg:
                       doc="token whose contributions are scored (auto: the class token, else the mean patch token)")
     threshold: float = spec(0.01, lo=0, lo_open=True,
                             doc="a product x_c·W1[j, c] is negligible when below this fraction of the output it sums into")
+    hidden_threshold: Optional[float] = spec(None, lo=0, lo_open=True,
+                                             doc="the same for fc2's products h_j·W2[o, j], which score the hidden dims "
+                                                 "(None: threshold)")
+    in_rate: Optional[float] = spec(None, lo=0, hi=1, hi_open=True,
+                                    doc="fraction of fc1 input dims to remove (None: prune.rate, which sets the hidden dims)")
+    input_rule: str = spec("uniform", choices=("uniform", "per_layer"),
+                           doc="uniform: every FFN keeps the same input dims, the residual is permuted once so each "
+                               "select is a slice (X-Transformation); per_layer: each FFN its own dims (a gather each)")
     recovery_epochs: int = spec(1, lo=0, doc="training epochs (finetune settings) after each FFN is compressed")
 
 
@@ -117,6 +126,7 @@ class Recipe:
     decompose: DecomposeCfg = field(default_factory=DecomposeCfg)
     mcf: McfCfg = field(default_factory=McfCfg)
     eval_batches: Optional[int] = spec(None, lo=1, doc="limit evaluation to this many val batches (None: all)")
+    checkpoint_every: int = spec(0, lo=0, doc="checkpoint every N optimiser steps as well as at epoch ends (0: epoch ends)")
 
     def check(self) -> "Recipe":
         """Rules that span fields; each failure names the keys."""

@@ -5,7 +5,9 @@ import numbers
 from typing import Any, Mapping
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset, get_worker_info
+
+from vitdeploy import distributed
 
 from vitdeploy.data.digits import DIGITS_NUM_CLASSES, load_digits_dataset
 from vitdeploy.data.folder import ImageFolderDataset, imagefolder_classes
@@ -67,22 +69,24 @@ def make_loader(
     seed: int = 0,
     drop_last: bool = False,
     num_workers: int = 0,
+    shard: bool = False,
 ) -> DataLoader:
-    """A DataLoader whose shuffling (and worker seeds) come from a torch.Generator seeded with `seed`."""
+    """A DataLoader whose shuffling (and worker seeds) come from a torch.Generator seeded with `seed`. With `shard`
+    under torchrun, each rank gets its share of every batch (`batch_size` is then the global batch)."""
     if not _is_int(batch_size) or batch_size < 1:
         raise DataError(f"batch size must be a positive integer, got {batch_size!r}")
     if not _is_int(num_workers) or num_workers < 0:
         raise DataError(f"num_workers must be an integer >= 0, got {num_workers!r}")
     generator = torch.Generator().manual_seed(int(seed))
-    return DataLoader(
-        dataset,
-        batch_size=int(batch_size),
-        shuffle=shuffle,
-        generator=generator,
-        drop_last=drop_last,
-        num_workers=int(num_workers),
-        worker_init_fn=_seed_worker if num_workers > 0 else None,
-    )
+    workers = dict(num_workers=int(num_workers), worker_init_fn=_seed_worker if num_workers > 0 else None)
+    if shard and distributed.world_size() > 1:  # the single-process batches, each split across the ranks
+        distributed.check_global_batch(int(batch_size))
+        order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        batches = distributed.ShardedBatchSampler(BatchSampler(order, int(batch_size), drop_last),
+                                                  distributed.rank(), distributed.world_size())
+        return DataLoader(dataset, batch_sampler=batches, generator=generator, **workers)
+    return DataLoader(dataset, batch_size=int(batch_size), shuffle=shuffle, generator=generator, drop_last=drop_last,
+                      **workers)
 
 
 class CalibrationSubset(Subset):
