@@ -37,3 +37,17 @@ def test_cuda_latency_is_measured():
     with TorchRunner(tiny_vit(), device="cuda") as r:
         res = measure_latency(r, 8, (3, 32, 32), warmup=3, iters=10)
     assert res["latency_ms"]["p50"] > 0 and res["throughput_ips"] > 0
+
+
+@pytest.mark.gpu
+def test_compress_trains_on_cuda(tmp_path, digits_model_dir, monkeypatch):
+    """VITDEPLOY_DEVICE=cuda: sparsity training, slicing and fine-tuning on the GPU; the model dir loads on CPU."""
+    from vitdeploy.compress.pipeline import run_compress
+    from vitdeploy.compress.recipe import load_recipe
+    from vitdeploy.models import load_model
+
+    monkeypatch.setenv("VITDEPLOY_DEVICE", "cuda")
+    recipe = load_recipe("vtp-40", ["sparsity.epochs=1", "finetune.epochs=1"])
+    report = run_compress(load_model(str(digits_model_dir)), recipe, "digits", tmp_path / "m", "packaged:vtp-40")
+    assert report["equivalence"]["max_abs_diff"] < 1e-3 and report["top1"]["after"] > 0.5
+    assert load_model(str(tmp_path / "m")).model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

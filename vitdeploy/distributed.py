@@ -51,9 +51,14 @@ def barrier() -> None:
 
 
 def device() -> torch.device:
-    """Where this rank trains: its GPU under torchrun with NCCL, otherwise the CPU."""
+    """Where this rank trains: its GPU under torchrun with NCCL; in a single process the GPU when
+    VITDEPLOY_DEVICE=cuda; otherwise the CPU."""
     if dist.is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
+    if os.environ.get("VITDEPLOY_DEVICE", "cpu") == "cuda":
+        if not torch.cuda.is_available():
+            raise VitDeployError("VITDEPLOY_DEVICE=cuda but torch sees no CUDA GPU here")
+        return torch.device("cuda")
     return torch.device("cpu")
 
 

@@ -58,6 +58,7 @@ def run_train(loaded: LoadedModel, data: str, cfg: TrainCfg, out: Path, seed: in
     ckpts = RunCheckpoints(out, {"command": "train", "model": loaded.source, "data": data, "seed": seed, "train": vars(cfg)},
                            resume, checkpoint_every)
     history = fit(model, train_loader, val_loader, cfg, desc="train", checkpoint=ckpts.phase("train"))
+    model = model.cpu()
     arch = describe(model, loaded.arch.base, loaded.arch.kwargs)
     summary = {
         "data": data, "classes": list(train_ds.classes), "head_reset": reset,
@@ -120,8 +121,9 @@ class CompressContext:
     def sample(self, n: int = 32) -> tuple[torch.Tensor, str]:
         """Inputs for equivalence checks: val images where there is data, seeded noise otherwise."""
         if self.val_loader is not None:
-            return next(iter(self.val_loader))[0][:n], "val images"
-        return torch.randn(min(n, 8), *self.input_size, generator=torch.Generator().manual_seed(0)), "seeded random"
+            return next(iter(self.val_loader))[0][:n].to(distributed.device()), "val images"
+        x = torch.randn(min(n, 8), *self.input_size, generator=torch.Generator().manual_seed(0))
+        return x.to(distributed.device()), "seeded random"
 
 
 def make_context(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: Optional[Path] = None,
@@ -168,6 +170,7 @@ def vtp_stage(ctx: CompressContext) -> tuple[torch.nn.Module, dict]:
     # the plan; the masked reference (gated, dropped scores zeroed); the pruned model (scores folded, then sliced)
     plan, keep = plan_from_scores(base, scores, cfg)
     pruned, masked = prune_with_reference(base, list(cfg.sites), gate_values, plan, keep)
+    pruned = pruned.to(distributed.device())  # sliced modules are built on the CPU
     x, inputs = ctx.sample()
     max_diff = max_abs_diff(pruned, masked, x)
     del masked, base
@@ -187,6 +190,7 @@ def decompose_stage(ctx: CompressContext, model: torch.nn.Module) -> dict:
 
     before = copy.deepcopy(model)
     layers = decompose_model(model, ctx.recipe.decompose)
+    model.to(distributed.device())
     x, inputs = ctx.sample()
     ctx.add_stage("factored", model)
     return {"layers": layers, "output_max_abs_diff": max_abs_diff(before, model, x), "inputs": inputs}
@@ -232,6 +236,7 @@ def _write(ctx: CompressContext, model: torch.nn.Module, details: dict, finetune
     }
     for key in ("params", "macs"):
         report[key]["ratio"] = report[key]["after"] / report[key]["before"]
+    model = model.cpu()
     arch = describe(model, loaded.arch.base, loaded.arch.kwargs)
     report["kept"] = block_table(arch)
     report["dense_blocks"] = block_table(describe(ctx.dense, loaded.arch.base, loaded.arch.kwargs))
