@@ -20,7 +20,10 @@ def _one_line(msg: str) -> str:
 
 
 def _out(text: str = "") -> None:
-    click.echo(text)
+    from vitdeploy import distributed
+
+    if distributed.is_main():
+        click.echo(text)
 
 
 def model_options(f):
@@ -97,9 +100,15 @@ def info(model: str, checkpoint, arch, pretrained, as_json: bool) -> None:
 @click.option("--label-smoothing", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True))
 @click.option("--augment", is_flag=True, help="training-time augmentation (off by default: 1-pixel shifts hurt 8x8 digits)")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume", is_flag=True, help="continue from the checkpoints in OUT.ckpt/ after a crash or kill")
+@click.option("--checkpoint-every", default=0, show_default=True, type=click.IntRange(min=0), metavar="STEPS",
+              help="checkpoint every STEPS optimiser steps as well as at epoch ends")
 def train(model, checkpoint, arch, pretrained, data, out, epochs, lr, batch_size, weight_decay, warmup_epochs,
-          label_smoothing, augment, seed) -> None:
-    """Train MODEL on SPEC (AdamW, cosine schedule, label smoothing) and write a model dir."""
+          label_smoothing, augment, seed, resume, checkpoint_every) -> None:
+    """Train MODEL on SPEC (AdamW, cosine schedule, label smoothing) and write a model dir.
+
+    Checkpoints are kept in OUT.ckpt/ until OUT is written; under torchrun the model trains with DDP and
+    --batch-size is the global batch."""
     from vitdeploy.compress.pipeline import run_train
     from vitdeploy.compress.recipe import TrainCfg
     from vitdeploy.compress.train import seed_everything
@@ -110,7 +119,7 @@ def train(model, checkpoint, arch, pretrained, data, out, epochs, lr, batch_size
     loaded = _load(model, checkpoint, arch, pretrained)
     cfg = TrainCfg(epochs=epochs, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, batch_size=batch_size,
                    label_smoothing=label_smoothing, augment=augment)
-    s = run_train(loaded, data, cfg, Path(out), seed=seed)
+    s = run_train(loaded, data, cfg, Path(out), seed=seed, resume=resume, checkpoint_every=checkpoint_every)
     _out(f"wrote {out}: val top-1 {100 * s['top1']:.2f} %, {s['params'] / 1e6:.3f} M params, {s['macs'] / 1e6:.1f} M MACs")
 
 
@@ -122,20 +131,26 @@ def train(model, checkpoint, arch, pretrained, data, out, epochs, lr, batch_size
 @click.option("--data", metavar="SPEC", help="data for fine-tuning and accuracy (digits | imagefolder:PATH)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="model dir to write")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe field, e.g. prune.rate=0.5")
-def compress(model, checkpoint, arch, pretrained, recipe, data, out, overrides) -> None:
-    """Compress MODEL with a recipe; writes a model dir with compress.json."""
+@click.option("--calib-images", type=click.IntRange(min=1), metavar="N",
+              help="MCF calibration images (sets mcf.calib_images; default 1024 or the whole train split)")
+@click.option("--resume", is_flag=True, help="continue from the checkpoints in OUT.ckpt/ after a crash or kill")
+def compress(model, checkpoint, arch, pretrained, recipe, data, out, overrides, calib_images, resume) -> None:
+    """Compress MODEL with a recipe; writes a model dir with compress.json.
+
+    Checkpoints are kept in OUT.ckpt/ until OUT is written; under torchrun training phases run with DDP."""
     from vitdeploy.compress.pipeline import run_compress
     from vitdeploy.compress.recipe import load_recipe, locate_recipe
     from vitdeploy.compress.train import seed_everything
     from vitdeploy.data import parse_data_spec
 
-    rec = load_recipe(recipe, list(overrides))
+    overrides = list(overrides) + ([f"mcf.calib_images={calib_images}"] if calib_images is not None else [])
+    rec = load_recipe(recipe, overrides)
     source = locate_recipe(recipe)[1]
     if data is not None:
         parse_data_spec(data)
     seed_everything(rec.seed)
     loaded = _load(model, checkpoint, arch, pretrained)
-    r = run_compress(loaded, rec, data, Path(out), source)
+    r = run_compress(loaded, rec, data, Path(out), source, resume=resume)
     _print_kept(r["kept"], r["dense_blocks"])
     acc = " → ".join(f"{100 * s['top1']:.2f} ({s['stage']})" for s in r["stages"] if s["top1"] is not None)
     red = r["reduction"]
@@ -313,11 +328,95 @@ def report(runs, profiles, out, backend, batch) -> None:
     _out(f"wrote {Path(out) / 'report.md'}, report.json" + "".join(f", {p}" for p in plots if p))
 
 
+# ----------------------------------------------------------------------------------------------- study
+@cli.group()
+def study() -> None:
+    """Method comparisons from the papers: decomposition methods after VTP, and the hybrid recipe's sweep."""
+
+
+def _float_list(spec: str, what: str) -> list[float]:
+    try:
+        values = [float(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise VitDeployError(f"{what} must be a comma-separated list of numbers, got '{spec}'") from None
+    if not values:
+        raise VitDeployError(f"{what} must list at least one number")
+    return values
+
+
+def _study_setup(model, checkpoint, arch, pretrained, recipe, data, overrides):
+    from vitdeploy.compress.recipe import load_recipe
+    from vitdeploy.compress.train import seed_everything
+    from vitdeploy.data import parse_data_spec
+
+    rec = load_recipe(recipe, list(overrides))
+    parse_data_spec(data)
+    seed_everything(rec.seed)
+    return rec, _load(model, checkpoint, arch, pretrained)
+
+
+@study.command()
+@click.argument("model")
+@model_options
+@click.option("--data", required=True, metavar="SPEC", help="digits | imagefolder:PATH")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for study.json, study.md, study.png")
+@click.option("--recipe", default="vtp-svd", show_default=True, metavar="NAME_OR_YAML",
+              help="VTP settings, layers and rank rule (its decompose.method is replaced by each method)")
+@click.option("--methods", default="svd,qr-full,qr-reduced,qr-pivoted,cod,lu", show_default=True, metavar="LIST")
+@click.option("--finetune-epochs", default=2, show_default=True, type=click.IntRange(min=0),
+              help="length of the short fine-tune every variant gets")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe field")
+def decomposition(model, checkpoint, arch, pretrained, data, out, recipe, methods, finetune_epochs, overrides) -> None:
+    """VTP, then VTP + SVD / QR (4 variants) / LU at equal ranks, before and after a short fine-tune."""
+    from vitdeploy.compress.study import decomposition_study
+
+    rec, loaded = _study_setup(model, checkpoint, arch, pretrained, recipe, data, overrides)
+    r = decomposition_study(loaded, rec, data, Path(out), [m.strip() for m in methods.split(",") if m.strip()],
+                            finetune_epochs)
+    for row in r["rows"]:
+        _out(f"{row['label']:<30} {row['params'] / 1e6:8.3f} M params {row['macs'] / 1e6:9.1f} M MACs  top-1 "
+             f"{100 * row['top1_before_finetune']:.2f} → {100 * row['top1_after_finetune']:.2f} %")
+    _out(f"wrote {Path(out) / 'study.json'}, study.md, {r['plot']}")
+
+
+@study.command()
+@click.argument("model")
+@model_options
+@click.option("--data", required=True, metavar="SPEC", help="digits | imagefolder:PATH")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for sweep.json, sweep.md, sweep.png")
+@click.option("--ranks", default="0.25,0.5", show_default=True, metavar="LIST",
+              help="attention ranks as fractions of min(out, in) (decompose.ratio)")
+@click.option("--rates", default="0.1,0.2,0.3", show_default=True, metavar="LIST", help="MLP pruning rates")
+@click.option("--recipe", default="hybrid", show_default=True, metavar="NAME_OR_YAML")
+@click.option("--vtp-recipe", default="vtp-40", show_default=True, metavar="NAME_OR_YAML",
+              help="VTP-alone baseline (its rate is searched to match each hybrid point's params)")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), help="fine-tune length for every point (default: the recipe's)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a field of --recipe")
+def hybrid(model, checkpoint, arch, pretrained, data, out, ranks, rates, recipe, vtp_recipe, finetune_epochs,
+           overrides) -> None:
+    """Sweep the hybrid recipe (attention rank × MLP rate) and draw its accuracy/params frontier beside VTP alone."""
+    from vitdeploy.compress.recipe import load_recipe
+    from vitdeploy.compress.study import hybrid_sweep
+
+    rank_list, rate_list = _float_list(ranks, "--ranks"), _float_list(rates, "--rates")
+    baseline = load_recipe(vtp_recipe)
+    rec, loaded = _study_setup(model, checkpoint, arch, pretrained, recipe, data, overrides)
+    r = hybrid_sweep(loaded, rec, baseline, data, Path(out), rank_list, rate_list, finetune_epochs)
+    for p in r["pairs"]:
+        _out(f"hybrid rank {p['rank_ratio']:g} MLP rate {p['mlp_rate']:g}: {p['hybrid_params'] / 1e6:.3f} M params, "
+             f"top-1 {100 * p['hybrid_top1']:.2f} %; VTP rate {p['vtp_rate']:g}: {p['vtp_params'] / 1e6:.3f} M, "
+             f"{100 * p['vtp_top1']:.2f} % ({p['hybrid_minus_vtp_points']:+.2f} points)")
+    _out(f"wrote {Path(out) / 'sweep.json'}, sweep.md, {r['plot']}")
+
+
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: user errors become one line on stderr with exit 2; set VITDEPLOY_DEBUG=1 for tracebacks."""
+    from vitdeploy import distributed
+
     debug = bool(os.environ.get("VITDEPLOY_DEBUG"))
     try:
+        distributed.init_from_env()  # under torchrun: join the process group (gloo on CPU, NCCL on GPUs)
         rc = cli.main(args=argv, prog_name="vitdeploy", standalone_mode=False)
     except VitDeployError as e:
         if debug:
@@ -340,4 +439,5 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise
         click.echo(f"error: internal error ({type(e).__name__}: {_one_line(e)[:300]}); rerun with VITDEPLOY_DEBUG=1 for the traceback", err=True)
         sys.exit(1)
+    distributed.shutdown()
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -24,3 +24,8 @@ class DataError(VitDeployError):
 
 class BackendError(VitDeployError):
     """An unknown backend, or one whose library is not installed here."""
+
+
+class IntegrityError(CheckpointError):
+    """A file of a model dir or deploy dir that is missing, truncated or changed since its sha256 manifest was written,
+    or a manifest entry that names a path outside its folder."""

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import onnx
 
 from vitdeploy.bench.runners import Runner, check_backend_available, create_runner
 from vitdeploy.bench.trt import ENGINE_SUFFIXES
-from vitdeploy.errors import VitDeployError
-from vitdeploy.io import read_json, sha256_file
+from vitdeploy.errors import IntegrityError, VitDeployError
+from vitdeploy.io import is_staging_path, member_path, read_json, sha256_file, verify_entry
 from vitdeploy.models import LoadedModel, load_model
 from vitdeploy.models.modeldir import is_model_dir
 
@@ -69,10 +69,62 @@ def _variant_of(folder: Path) -> Optional[str]:
     return None
 
 
+_VERIFIED: dict[str, tuple] = {}  # deploy dir -> the stat stamp of its files when last verified in this process
+
+
+def verify_deploy_dir(folder: Path, record: Any) -> dict:
+    """Check a deploy dir against export.json before anything in it is used: every file of its sha256 manifest is
+    there, whole and unchanged, and every graph, external data file and engine it lists is in the manifest. Raises
+    IntegrityError naming the first file that fails; returns the record."""
+    folder = Path(folder)
+    what = f"deploy dir '{folder}'"
+    if is_staging_path(folder):
+        raise IntegrityError(f"'{folder}' is the staging folder of an export that did not finish, not a deploy dir")
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, list) or not all(isinstance(e, dict) for e in files):
+        raise IntegrityError(f"{what}: export.json has no sha256 file manifest ('files'); export it again")
+    key, stamp = str(folder.resolve()), _stamp(folder, ["export.json", *(e.get("file") for e in files)])
+    if _VERIFIED.get(key) == stamp:
+        return record
+    listed = set()
+    for entry in files:
+        verify_entry(folder, entry, what)
+        listed.add(entry["file"])
+    for key_, extra in (("artifacts", "external_data"), ("engines", None)):
+        for a in record.get(key_) or []:
+            if not isinstance(a, dict) or "error" in a:
+                continue  # a failed engine build is recorded without a file
+            names = [a.get("file"), *((a.get(extra) or []) if extra else [])]
+            for name in names:
+                member_path(folder, name, what)
+                if name not in listed:
+                    raise IntegrityError(f"{what}: export.json lists {name!r} under {key_} but its manifest does not")
+    _VERIFIED[key] = stamp
+    return record
+
+
+def _stamp(folder: Path, names: list) -> tuple:
+    """(name, mtime, size) of each file: a dir verified once is not hashed again in this process until one changes."""
+    out = []
+    for name in names:
+        try:
+            st = (folder / str(name)).stat()
+            out.append((name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((name, None, None))
+    return tuple(out)
+
+
+def read_deploy_record(folder: Path) -> Optional[dict]:
+    """export.json of `folder`, verified (verify_deploy_dir); None when `folder` is not a deploy dir."""
+    record = read_json(Path(folder) / "export.json")
+    return None if record is None else verify_deploy_dir(Path(folder), record)
+
+
 def _deploy_record(path: Path) -> tuple[Optional[dict], Optional[Path]]:
-    """export.json of the deploy dir holding `path` (engines sit in deploy/engines/), with that dir."""
+    """export.json of the deploy dir holding `path` (engines sit in deploy/engines/), with that dir, verified."""
     for folder in (path.parent, path.parent.parent):
-        record = read_json(folder / "export.json")
+        record = read_deploy_record(folder)
         if record is not None:
             return record, folder
     return None, None
@@ -170,10 +222,12 @@ def resolve_artifacts(spec: str, arch: Optional[str] = None) -> list[Artifact]:
     if path.is_file() and path.suffix == ".onnx":
         return [onnx_artifact(path)]
     if path.is_dir():
-        record = read_json(path / "export.json")
+        record = read_deploy_record(path)
         if record is not None:
-            found = [onnx_artifact(path / a["file"]) for a in record.get("artifacts") or []]
-            found += [engine_artifact(path / e["file"], record, path) for e in record.get("engines") or []]
+            found = [onnx_artifact(member_path(path, a.get("file"), f"deploy dir '{path}'"))
+                     for a in record.get("artifacts") or []]
+            found += [engine_artifact(member_path(path, e.get("file"), f"deploy dir '{path}'"), record, path)
+                      for e in record.get("engines") or []]
             if not found:
                 raise VitDeployError(f"deploy dir '{path}' lists no artifacts in its export.json")
             return found

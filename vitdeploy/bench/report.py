@@ -36,7 +36,9 @@ def _deploy_entries(run: Path) -> dict[str, dict]:
     """sha256 -> {file, precision, kind} of every ONNX graph and engine listed by deploy dirs inside the run."""
     out: dict[str, dict] = {}
     for record_path in sorted(run.glob("*/export.json")):
-        record = read_json(record_path) or {}
+        from vitdeploy.bench.artifacts import verify_deploy_dir
+
+        record = verify_deploy_dir(record_path.parent, read_json(record_path))
         for key, kind in (("artifacts", "onnx"), ("engines", "engine")):
             for e in record.get(key) or []:
                 if e.get("sha256"):

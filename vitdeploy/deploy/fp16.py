@@ -91,7 +91,7 @@ def convert_fp16(model: onnx.ModelProto, io_dtype: str = "fp32", keep_fp32: Iter
     converted = convert_float_to_float16(src, keep_io_types=io_dtype == "fp32", disable_shape_infer=False,
                                          op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS], node_block_list=blocked)
     graph = _readable_names(_tidy_casts(to_graph(_drop_duplicate_nodes(converted))))
-    return infer_model_shapes(to_model(graph, like=model))
+    return infer_model_shapes(to_model(graph, like=model), inplace=True)
 
 
 def _unshare_initializers(model: onnx.ModelProto, blocked: set[str], fp32_ops: set[str]) -> onnx.ModelProto:

@@ -8,7 +8,6 @@ given a `check`, measures parity after every pass so a pass that changes the fun
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -39,24 +38,30 @@ def to_model(graph: gs.Graph, like: Optional[onnx.ModelProto] = None) -> onnx.Mo
     return model
 
 
-def infer_model_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def infer_model_shapes(model: onnx.ModelProto, inplace: bool = False) -> onnx.ModelProto:
     """ONNX shape inference with data propagation (so Shape→Gather→Concat chains get symbolic shapes).
 
     Large weights are replaced by typed graph inputs in the copy that is inferred, so models over protobuf's
-    2 GiB limit work too; the inferred value_info is copied back onto `model`.
+    2 GiB limit work too; the inferred value_info is copied back onto a copy of `model`, or onto `model` itself with
+    `inplace` (for a model that is about to be dropped anyway: saves a copy of the weights).
     """
-    light = copy.copy(model)
-    light.graph.CopyFrom(model.graph)
-    big = [t for t in light.graph.initializer if _tensor_nbytes(t) > _SHAPE_INFERENCE_INLINE_BYTES]
-    for t in big:
-        light.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    keep = [t for t in light.graph.initializer if _tensor_nbytes(t) <= _SHAPE_INFERENCE_INLINE_BYTES]
-    del light.graph.initializer[:]
-    light.graph.initializer.extend(keep)
+    from vitdeploy.deploy.onnx_export import _copy_fields
+
+    # `light` is built field by field so the weights are never copied into it: it has only the small initializers.
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    for t in model.graph.initializer:
+        if _tensor_nbytes(t) > _SHAPE_INFERENCE_INLINE_BYTES:
+            light.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            light.graph.initializer.append(t)
     del light.graph.value_info[:]
     inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
-    out = copy.copy(model)
-    out.graph.CopyFrom(model.graph)
+    out = model
+    if not inplace:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     del out.graph.value_info[:]
     out.graph.value_info.extend(inferred.graph.value_info)
     return out
@@ -118,7 +123,7 @@ class _Names:
 # ------------------------------------------------------------------------------------------------ passes
 def infer_shapes(graph: gs.Graph) -> gs.Graph:
     """Shape inference, so folding and the later passes know every tensor's rank, dtype and (symbolic) dims."""
-    return to_graph(infer_model_shapes(to_model(graph)))
+    return to_graph(infer_model_shapes(to_model(graph), inplace=True))
 
 
 def fold_constants(graph: gs.Graph) -> gs.Graph:
@@ -443,7 +448,7 @@ def clean_graph(model: onnx.ModelProto, check: Optional[Check] = None, max_abs_d
     for name, fn in passes:
         graph = fn(graph)
         record(name, to_model(graph, like=model))
-    clean = infer_model_shapes(to_model(graph.cleanup().toposort(), like=model))
+    clean = infer_model_shapes(to_model(graph.cleanup().toposort(), like=model), inplace=True)
     if not needs_external_data(clean):  # larger models are checked from their files by write_onnx
         onnx.checker.check_model(clean, full_check=False)
     return clean, records

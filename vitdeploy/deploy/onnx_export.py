@@ -122,12 +122,58 @@ def write_onnx(model_proto: onnx.ModelProto, path: str | os.PathLike, external_d
     # folder, check them together, then move each into the temporary file that atomic_file renames.
     with atomic_file(path) as tmp_model, atomic_file(data_path) as tmp_data, _scratch_dir(path) as scratch:
         staged = scratch / path.name
-        onnx.save_model(model_proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_path.name, size_threshold=0)
+        save_with_external_data(model_proto, staged, data_path.name)
         onnx.checker.check_model(str(staged))
         os.replace(scratch / data_path.name, tmp_data)
         os.replace(staged, tmp_model)
     return [path, data_path]
+
+
+def _copy_fields(src: Any, dst: Any, skip: str) -> None:
+    """Copy every set field of protobuf message `src` but `skip` into `dst` (one level: the rest is copied whole)."""
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        field = getattr(dst, fd.name)
+        if hasattr(field, "extend"):  # a repeated field
+            field.extend(value)
+        elif hasattr(field, "CopyFrom"):
+            field.CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def save_with_external_data(model_proto: onnx.ModelProto, path: str | os.PathLike, data_name: str,
+                            threshold: int = 1024, align: int = 4096) -> None:
+    """Write `model_proto` to `path` with the raw data of every initializer of at least `threshold` bytes in
+    `data_name` beside it (page-aligned offsets). Unlike onnx.save_model(save_as_external_data=True), which clears
+    the raw data of the model it is given, `model_proto` is left whole and is never copied whole: the graph is
+    rebuilt around tensor stubs and the weights are streamed to the data file one tensor at a time."""
+    path = Path(path)
+    light = onnx.ModelProto()
+    _copy_fields(model_proto, light, skip="graph")
+    _copy_fields(model_proto.graph, light.graph, skip="initializer")
+    offset = 0
+    with open(path.parent / data_name, "wb") as f:
+        for t in model_proto.graph.initializer:
+            if not t.HasField("raw_data") or len(t.raw_data) < threshold:
+                light.graph.initializer.append(t)  # small or not raw: stays inline (a copy of a small tensor)
+                continue
+            stub = light.graph.initializer.add()
+            _copy_fields(t, stub, skip="raw_data")
+            pad = -offset % align
+            f.write(b"\0" * pad)
+            offset += pad
+            raw = t.raw_data  # one tensor's bytes at a time
+            f.write(raw)
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                entry = stub.external_data.add()
+                entry.key, entry.value = key, value
+            offset += len(raw)
+            del raw
+    with open(path, "wb") as f:
+        f.write(light.SerializeToString())
 
 
 @contextlib.contextmanager

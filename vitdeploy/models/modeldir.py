@@ -11,8 +11,8 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from vitdeploy.errors import CheckpointError
-from vitdeploy.io import atomic_file, atomic_write_json, sha256_file
+from vitdeploy.errors import CheckpointError, IntegrityError
+from vitdeploy.io import atomic_file, atomic_write_json, is_staging_path, sha256_file, verify_entry
 from vitdeploy.models.arch import ArchSpec
 
 FORMAT = "vitdeploy.model"
@@ -60,6 +60,8 @@ def save_model_dir(out: str | Path, model: nn.Module, arch: ArchSpec, data_confi
 
 def read_config(path: str | Path) -> dict:
     path = Path(path)
+    if is_staging_path(path):
+        raise CheckpointError(f"'{path}' is the staging folder of a run that did not finish, not a model dir")
     try:
         cfg = json.loads((path / CONFIG).read_text())
     except FileNotFoundError:
@@ -74,12 +76,12 @@ def read_config(path: str | Path) -> dict:
 
 
 def verify_files(path: Path, cfg: dict) -> None:
-    for name, rec in cfg.get("files", {}).items():
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"model dir '{path}' is incomplete: {name} is missing")
-        if f.stat().st_size != rec.get("bytes") or sha256_file(f) != rec.get("sha256"):
-            raise CheckpointError(f"model dir '{path}' is damaged: {name} does not match its recorded sha256")
+    """Every file in the manifest is there with its recorded size and sha256; the weights must be listed."""
+    files = cfg.get("files")
+    if not isinstance(files, dict) or WEIGHTS not in files:
+        raise IntegrityError(f"model dir '{path}': {CONFIG} has no sha256 manifest entry for {WEIGHTS}")
+    for name, rec in files.items():
+        verify_entry(path, {"file": name, **rec} if isinstance(rec, dict) else rec, f"model dir '{path}'")
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:

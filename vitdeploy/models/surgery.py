@@ -42,6 +42,7 @@ class IndexSelect(nn.Module):
         self.register_buffer("index", torch.arange(num_kept, dtype=torch.long))
         self.register_buffer("group_index", torch.zeros(0, dtype=torch.long), persistent=False)
         self.group = 0
+        self.start = -1
         self._refresh()
         self.register_load_state_dict_post_hook(lambda module, _: module._refresh())
 
@@ -51,11 +52,17 @@ class IndexSelect(nn.Module):
 
     @torch.no_grad()
     def _refresh(self) -> None:
-        found = block_groups(self.index.tolist(), self.in_features)
+        idx = self.index.tolist()
+        # one contiguous run [start, start + n) is a plain slice (ONNX Slice, no gather): MCF's X-Transformation
+        # permutes the residual so every FFN's kept inputs are such a prefix
+        self.start = idx[0] if idx and idx == list(range(idx[0], idx[0] + len(idx))) else -1
+        found = block_groups(idx, self.in_features)
         self.group = found[0] if found else 0
         self.group_index = torch.tensor(found[1] if found else [], dtype=torch.long, device=self.index.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.start >= 0:
+            return x[..., self.start:self.start + self.index.numel()]
         if self.group:
             g = self.group
             lead = x.shape[:-1]
@@ -64,6 +71,8 @@ class IndexSelect(nn.Module):
         return x.index_select(-1, self.index)
 
     def extra_repr(self) -> str:
+        if self.start >= 0:
+            return f"{self.in_features} -> {self.index.numel()} as slice [{self.start}, {self.start + self.index.numel()})"
         return f"{self.in_features} -> {self.index.numel()}" + (f" in blocks of {self.group}" if self.group else "")
 
 
