@@ -203,7 +203,7 @@ def export(model, checkpoint, arch, pretrained, out, precision, data, opset, sta
             parse_data_spec(spec)
     cfg = ExportConfig(precisions=parse_precisions(precision) if precision is not None else None, data=data,
                        opset=opset, static_batch=static_batch, io_dtype=io_dtype, calib_data=calib_data,
-                       calib_images=calib_images, target=target,
+                       calib_images=calib_images, target=target, release_model=True,
                        int8=Int8Config(method=calib_method, attention=int8_attention, exclude=tuple(exclude.split(","))))
     resolve_target(target)  # a bad target fails before the model is loaded
     loaded = _load(model, checkpoint, arch, pretrained)

@@ -62,6 +62,16 @@ def _lock(fd: int) -> None:
         pass
 
 
+def _lock_dir(path: Path) -> list[int]:
+    """[fd] of `path` opened and locked for this process's lifetime of the work; [] where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder
+        return []
+    _lock(fd)
+    return [fd]
+
+
 def _unowned(path: Path) -> bool:
     """True when no live process holds the lock on `path` (a temp file or staging folder)."""
     try:
@@ -169,8 +179,7 @@ def staged_dir(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     final.parent.mkdir(parents=True, exist_ok=True)
     clear_stale(final)  # what earlier killed runs to the same output left behind
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    locks = [os.open(stage, os.O_RDONLY)]
-    _lock(locks[0])
+    locks = _lock_dir(stage)
     _publish_mode(stage, directory=True)
     try:
         yield stage
@@ -180,8 +189,7 @@ def staged_dir(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
             # A kill between the two renames leaves the previous output in `.NAME.*.old/old`: clear_stale puts it
             # back, so the output is the old one or the new one, never a mix.
             trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-            locks.append(os.open(trash, os.O_RDONLY))
-            _lock(locks[-1])
+            locks += _lock_dir(trash)
             os.replace(final, trash / "old")
             os.replace(stage, final)
             shutil.rmtree(trash, ignore_errors=True)

@@ -69,6 +69,7 @@ def _variant_of(folder: Path) -> Optional[str]:
     return None
 
 
+_PRECISIONS = ("fp32", "fp16", "int8", "best", "bf16", "fp8")
 _VERIFIED: dict[str, tuple] = {}  # deploy dir -> the stat stamp of its files when last verified in this process
 
 
@@ -94,6 +95,9 @@ def verify_deploy_dir(folder: Path, record: Any) -> dict:
         for a in record.get(key_) or []:
             if not isinstance(a, dict) or "error" in a:
                 continue  # a failed engine build is recorded without a file
+            if a.get("precision") not in _PRECISIONS:  # it names eval's output files ({precision}): no paths
+                raise IntegrityError(f"{what}: export.json gives {a.get('file')!r} the unknown precision "
+                                     f"{str(a.get('precision'))[:40]!r}")
             names = [a.get("file"), *((a.get(extra) or []) if extra else [])]
             for name in names:
                 member_path(folder, name, what)

@@ -252,9 +252,10 @@ def _write(ctx: CompressContext, model: torch.nn.Module, details: dict, finetune
 
 def _save(out: Path, model: torch.nn.Module, arch, ctx: CompressContext, report: dict) -> None:
     recipe, loaded = ctx.recipe, ctx.loaded
-    with staged_dir(out) as stage:
-        save_model_dir(stage, model, arch, ctx.data_config, classes=loaded.meta.get("classes"),
-                       provenance=report["provenance"], compress={k: report[k] for k in ("recipe", "params", "macs", "top1")})
+    with staged_dir(out) as stage:  # compress.json and the plot first, so the model dir's manifest covers them
         report["plot"] = plot_kept_dims(report["kept"], report["dense_blocks"], stage / "kept_dims.png",
                                         f"{recipe.name}: kept dims per block").name
         atomic_write_json(stage / "compress.json", report)
+        save_model_dir(stage, model, arch, ctx.data_config, manifest=("compress.json", report["plot"]),
+                       classes=loaded.meta.get("classes"), provenance=report["provenance"],
+                       compress={k: report[k] for k in ("recipe", "params", "macs", "top1")})

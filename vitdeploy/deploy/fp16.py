@@ -17,6 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from vitdeploy.deploy.graph import infer_model_shapes, to_graph, to_model
+from vitdeploy.deploy.onnx_export import needs_external_data
 from vitdeploy.errors import VitDeployError
 
 FP32_OPS = ("LayerNormalization", "Softmax")
@@ -88,7 +89,10 @@ def convert_fp16(model: onnx.ModelProto, io_dtype: str = "fp32", keep_fp32: Iter
     if missing:
         raise VitDeployError(f"cannot keep unknown node(s) in FP32: {', '.join(missing[:5])}")
     src = _unshare_initializers(copy.deepcopy(model), set(blocked), set(FP32_OPS))
-    converted = convert_float_to_float16(src, keep_io_types=io_dtype == "fp32", disable_shape_infer=False,
+    # The converter's own shape inference serializes the whole model (not possible over protobuf's 2 GiB); the clean
+    # FP32 graph carries inferred shapes already (infer_model_shapes), which is what the converter reads.
+    large = needs_external_data(src)
+    converted = convert_float_to_float16(src, keep_io_types=io_dtype == "fp32", disable_shape_infer=large,
                                          op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS], node_block_list=blocked)
     graph = _readable_names(_tidy_casts(to_graph(_drop_duplicate_nodes(converted))))
     return infer_model_shapes(to_model(graph, like=model), inplace=True)

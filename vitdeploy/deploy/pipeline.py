@@ -59,6 +59,9 @@ class ExportConfig:
     calib_images: int = DEFAULT_CALIB_IMAGES
     int8: Int8Config = field(default_factory=Int8Config)
     target: Optional[str] = None  # a packaged target name or a YAML path
+    # Free the PyTorch weights once the graph is traced and the reference logits are computed: the CLI, which has
+    # no further use for the model, sets it so that a large model's weights are not held beside its graphs.
+    release_model: bool = False
 
     def __post_init__(self) -> None:
         if self.io_dtype not in IO_DTYPES:
@@ -220,6 +223,8 @@ def run_export(loaded: LoadedModel, out: Path, cfg: ExportConfig) -> dict:
         raw = export_onnx(loaded.model, work / "raw.onnx", loaded.input_size, opset=cfg.opset,
                           static_batch=cfg.static_batch)
         ref = Reference(loaded.model, x, work)
+        if cfg.release_model:
+            loaded.model.to_empty(device="meta")  # every parameter and buffer: no storage left
         step("cleanup passes")
         clean, passes = clean_graph(onnx.load(str(raw)), lambda m: ref.parity_of_model(m, PASS_CHECK_IMAGES))
         report["cleanup"] = {"passes": passes, "parity_images": min(PASS_CHECK_IMAGES, len(x))}

@@ -3,6 +3,7 @@ Loading rebuilds the module tree from the JSON and fills it from safetensors: no
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +41,21 @@ def save_weights(model: nn.Module, path: Path, arch: ArchSpec) -> None:
         save_file(state, str(tmp), metadata={"format": FORMAT, "arch": json.dumps(arch.to_dict())})
 
 
-def save_model_dir(out: str | Path, model: nn.Module, arch: ArchSpec, data_config: dict, **extra: Any) -> Path:
+def save_model_dir(out: str | Path, model: nn.Module, arch: ArchSpec, data_config: dict,
+                   manifest: tuple[str, ...] = (), **extra: Any) -> Path:
     """Write weights first and the JSON (with the sha256 manifest) last, so a dir without a valid JSON is never
-    mistaken for a model. Callers write into a staged dir (vitdeploy.io.staged_dir) for whole-dir atomicity."""
+    mistaken for a model. `manifest` names files the caller already wrote into `out` (compress.json, plots) that the
+    manifest covers too. Callers write into a staged dir (vitdeploy.io.staged_dir) for whole-dir atomicity."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_weights(model, out / WEIGHTS, arch)
+    files = {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size} for name in (WEIGHTS, *manifest)}
     cfg = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "arch": arch.to_dict(),
         "data_config": json_ready(data_config),
-        "files": {WEIGHTS: {"sha256": sha256_file(out / WEIGHTS), "bytes": (out / WEIGHTS).stat().st_size}},
+        "files": files,
         **json_ready(extra),
     }
     atomic_write_json(out / CONFIG, cfg)
@@ -95,7 +99,9 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"checkpoint '{path}' is not a readable safetensors file ({_first_line(e)})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns on stderr about pickle protocols: the error below says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, zip errors, EOF: all mean "not a safe, whole torch checkpoint"
         raise CheckpointError(f"checkpoint '{path}' cannot be loaded safely as tensors (weights_only=True): {_first_line(e)}") from None
     return _unwrap_state(obj, path)

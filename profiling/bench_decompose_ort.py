@@ -1,0 +1,97 @@
+"""Do SVD-factored layers keep their MACs savings on ONNX Runtime CPU? DeiT-S structure (random weights: only shapes
+matter for speed) with a training-free plan: the magnitude VTP plan (four VTP sites, global threshold, aligned to 8),
+then SVD of qkv, proj, fc1 and fc2 of every block at a quarter of their rank (ratio rule, multiples of 8; random
+weights have a flat spectrum, so an energy rule would keep them dense). Variants: dense, VTP alone, VTP + SVD, and
+SVD alone on the dense model. Each is exported by `vitdeploy export`'s code and checked against PyTorch, then all are
+timed interleaved in one process (2 pinned threads, ORT spin-waiting off) at batch 8 and 1, with an ORT op profile
+at batch 8 so any shortfall against the MACs ratio is explained by op type.
+Target (issue 6): speedup of the SVD-factored model >= 0.9 x (dense MACs / its MACs) at batch 8; ONNX == PyTorch.
+Writes results/decompose_ort.json."""
+import copy
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from vitdeploy.bench.op_profile import ort_op_profile
+from vitdeploy.compress.decompose import decompose_model, summarize
+from vitdeploy.compress.plan import apply_plan
+from vitdeploy.compress.recipe import DecomposeCfg, PruneCfg
+from vitdeploy.compress.vtp import magnitude_plan
+from vitdeploy.deploy.onnx_export import export_onnx, parity
+from vitdeploy.models import count_macs, count_params, load_model
+
+from common import interleaved_p50, write_result
+
+THREADS, ITERS = 2, 30
+PRUNE = PruneCfg(rate=0.4, sites=["attn_in", "attn_out", "mlp_in", "mlp_hidden"], scope="global", alignment=8)
+SVD = DecomposeCfg(enabled=True, method="svd", layers=["qkv", "proj", "fc1", "fc2"], rank_rule="ratio", ratio=0.25)
+torch.set_num_threads(THREADS)
+
+
+def session(path: Path) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # live sessions share 2 cores
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def factored(model: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
+    model = copy.deepcopy(model)
+    return model, summarize(decompose_model(model, SVD))
+
+
+size = (3, 224, 224)
+dense = load_model("deit_small_patch16_224").model.eval()
+vtp = apply_plan(copy.deepcopy(dense), magnitude_plan(dense, PRUNE))
+vtp_svd, vtp_svd_ranks = factored(vtp)
+svd_only, svd_only_ranks = factored(dense)
+models = {"dense": dense, "vtp40": vtp, "vtp40_svd": vtp_svd, "svd_only": svd_only}
+ranks = {"vtp40_svd": vtp_svd_ranks, "svd_only": svd_only_ranks}
+rng = np.random.default_rng(0)
+stats, paths, rows = {}, {}, []
+with tempfile.TemporaryDirectory() as tmp:
+    for name, model in models.items():
+        paths[name] = export_onnx(model, Path(tmp) / f"{name}.onnx", size)
+        p = parity(model, paths[name], rng.standard_normal((4, *size), dtype=np.float32))
+        stats[name] = {"params": count_params(model), "macs": count_macs(model, size),
+                       "parity_max_abs_diff": p["max_abs_diff"], "parity_cosine": p["cosine"]}
+        if name in ranks:
+            stats[name]["factored"] = {k: v for k, v in ranks[name].items() if k != "ranks"}
+    sessions = {k: session(p) for k, p in paths.items()}
+    for batch in (8, 1):
+        x = rng.standard_normal((batch, *size), dtype=np.float32)
+        p50 = interleaved_p50({k: (lambda s=s: s.run(None, {"input": x})) for k, s in sessions.items()}, ITERS)
+        row = {"batch": batch, "p50_ms": {k: round(v, 2) for k, v in p50.items()}, "variants": {}}
+        for k in models:
+            if k == "dense":
+                continue
+            macs_ratio = stats["dense"]["macs"] / stats[k]["macs"]
+            speedup = p50["dense"] / p50[k]
+            row["variants"][k] = {"macs_ratio": round(macs_ratio, 3), "speedup": round(speedup, 3),
+                                  "speedup_over_macs_ratio": round(speedup / macs_ratio, 3)}
+        rows.append(row)
+    x8 = rng.standard_normal((8, *size), dtype=np.float32)
+    breakdown = {}
+    for k, p in paths.items():
+        prof = ort_op_profile(p, "cpu", THREADS, x8, runs=5, top=20)
+        ops = {r["op_type"]: round(r["ms"], 2) for r in prof["by_op_type"]}
+        gemm = sum(v for op, v in ops.items() if op in ("MatMul", "FusedMatMul", "Gemm"))
+        breakdown[k] = {"kernels_ms": round(prof["kernel_ms_per_run"], 1), "matmul_ms": round(gemm, 1),
+                        "other_kernels_ms": round(prof["kernel_ms_per_run"] - gemm, 1), "ops_ms": ops}
+    for k, b in breakdown.items():
+        b["matmul_speedup"] = round(breakdown["dense"]["matmul_ms"] / b["matmul_ms"], 3)
+
+b8 = rows[0]["variants"]["vtp40_svd"]
+write_result("decompose_ort", {
+    "model": "deit_small_patch16_224 (random weights)", "plan": {"importance": "magnitude", "rate": PRUNE.rate,
+                                                                 "sites": PRUNE.sites, "scope": PRUNE.scope},
+    "decompose": {"method": SVD.method, "layers": SVD.layers, "rank_rule": SVD.rank_rule, "ratio": SVD.ratio,
+                  "alignment": SVD.alignment},
+    "threads": THREADS, "iters": ITERS, "variants": stats, "rows": rows, "kernel_breakdown_batch8": breakdown,
+    "target": {"what": "vtp40_svd speedup >= 0.9 x MACs ratio at batch 8, ONNX == PyTorch",
+               "speedup_over_macs_ratio": b8["speedup_over_macs_ratio"],
+               "met": b8["speedup_over_macs_ratio"] >= 0.9 and stats["vtp40_svd"]["parity_max_abs_diff"] < 1e-3},
+}, threads=THREADS)
