@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-VARIANTS := vtp-40 mlp-magnitude
+VARIANTS := vtp-40 hybrid mcf mlp-magnitude
 
 demo: $(STAMP)
 	$(VD) train vit_digits --data digits --out $(DEMO)/dense

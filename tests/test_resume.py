@@ -185,3 +185,15 @@ def test_ddp_compress_synchronises_the_scores(tmp_path, digits_model_dir):
     one, two = (json.loads((tmp_path / d / "compress.json").read_text()) for d in ("one", "two"))
     assert one["kept"] == two["kept"] and one["plan"] == two["plan"]
     _weights_close(tmp_path / "one", tmp_path / "two", atol=1e-3)
+
+
+def test_mcf_killed_between_recoveries_then_resumed_matches(tmp_path, digits_model_dir):
+    """MCF's recovery epochs are phases too: a run killed after block 4's recovery redoes only what was lost."""
+    args = ["compress", str(digits_model_dir), "--recipe", "mcf", "--data", "digits", "--calib-images", "64",
+            "--set", "finetune.epochs=1"]
+    _run(_cli(*args, "--out", "ref"), tmp_path)
+    _kill_when(_cli(*args, "--out", "run"), tmp_path, (tmp_path / "run.ckpt" / "mcf-recovery-4.pt").exists)
+    _run(_cli(*args, "--out", "run", "--resume"), tmp_path)
+    _weights_close(tmp_path / "ref", tmp_path / "run", atol=0.0)
+    ref, run = (json.loads((tmp_path / d / "compress.json").read_text()) for d in ("ref", "run"))
+    assert ref["mcf"] == run["mcf"] and ref["top1"] == run["top1"]

@@ -352,7 +352,7 @@ def schedule_hooks(ctx) -> dict:
     def recover(model: nn.Module, block: int) -> None:
         if rec_cfg.epochs > 0 and ctx.train_loader is not None:
             fit(model, ctx.train_loader, None, rec_cfg, teacher=ctx.dense, distill=recipe.distill,
-                desc=f"recover FFN {block}")
+                desc=f"recover FFN {block}", checkpoint=ctx.checkpoint(f"mcf-recovery-{block}"))
 
     return {"measure": measure, "recover": recover}
 
