@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from vitdeploy.bench.op_profile import ort_op_profile
@@ -20,10 +19,9 @@ from vitdeploy.compress.decompose import decompose_model, summarize
 from vitdeploy.compress.plan import apply_plan
 from vitdeploy.compress.recipe import DecomposeCfg, PruneCfg
 from vitdeploy.compress.vtp import magnitude_plan
-from vitdeploy.deploy.onnx_export import export_onnx, parity
-from vitdeploy.models import count_macs, count_params, load_model
+from vitdeploy.models import load_model
 
-from common import interleaved_p50, write_result
+from common import export_variants, speed_rows, write_result
 
 THREADS, ITERS = 2, 30
 PRUNE = PruneCfg(rate=0.4, sites=["attn_in", "attn_out", "mlp_in", "mlp_hidden"], scope="global", alignment=8)
@@ -32,13 +30,6 @@ SVD = DecomposeCfg(enabled=True, method="svd", layers=["qkv", "proj", "fc1", "fc
 HYBRID_PRUNE = PruneCfg(importance="magnitude", rate=0.35, sites=["mlp_in", "mlp_hidden"], scope="global", alignment=8)
 SVD_ATTN = DecomposeCfg(enabled=True, method="svd", layers=["qkv", "proj"], rank_rule="ratio", ratio=0.33)
 torch.set_num_threads(THREADS)
-
-
-def session(path: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # live sessions share 2 cores
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def factored(model: torch.nn.Module, cfg: DecomposeCfg = SVD) -> tuple[torch.nn.Module, dict]:
@@ -58,28 +49,11 @@ models = {"dense": dense, "vtp40": vtp, "vtp40_svd": vtp_svd, "svd_only": svd_on
 ranks = {"vtp40_svd": vtp_svd_ranks, "svd_only": svd_only_ranks, "vtp40_svd_attn": vtp_svd_attn_ranks,
          "hybrid": hybrid_ranks}
 rng = np.random.default_rng(0)
-stats, paths, rows = {}, {}, []
 with tempfile.TemporaryDirectory() as tmp:
-    for name, model in models.items():
-        paths[name] = export_onnx(model, Path(tmp) / f"{name}.onnx", size)
-        p = parity(model, paths[name], rng.standard_normal((4, *size), dtype=np.float32))
-        stats[name] = {"params": count_params(model), "macs": count_macs(model, size),
-                       "parity_max_abs_diff": p["max_abs_diff"], "parity_cosine": p["cosine"]}
-        if name in ranks:
-            stats[name]["factored"] = {k: v for k, v in ranks[name].items() if k != "ranks"}
-    sessions = {k: session(p) for k, p in paths.items()}
-    for batch in (8, 1):
-        x = rng.standard_normal((batch, *size), dtype=np.float32)
-        p50 = interleaved_p50({k: (lambda s=s: s.run(None, {"input": x})) for k, s in sessions.items()}, ITERS)
-        row = {"batch": batch, "p50_ms": {k: round(v, 2) for k, v in p50.items()}, "variants": {}}
-        for k in models:
-            if k == "dense":
-                continue
-            macs_ratio = stats["dense"]["macs"] / stats[k]["macs"]
-            speedup = p50["dense"] / p50[k]
-            row["variants"][k] = {"macs_ratio": round(macs_ratio, 3), "speedup": round(speedup, 3),
-                                  "speedup_over_macs_ratio": round(speedup / macs_ratio, 3)}
-        rows.append(row)
+    stats, paths = export_variants(models, Path(tmp), size, rng, parity_images=4)
+    for name in ranks:
+        stats[name]["factored"] = {k: v for k, v in ranks[name].items() if k != "ranks"}
+    rows = speed_rows(paths, stats, size, rng, THREADS, ITERS)
     x8 = rng.standard_normal((8, *size), dtype=np.float32)
     breakdown = {}
     for k, p in paths.items():

@@ -14,28 +14,19 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from vitdeploy.bench.op_profile import ort_op_profile
 from vitdeploy.compress.mcf import back_to_front, fis_scorer
 from vitdeploy.compress.recipe import McfCfg, PruneCfg
-from vitdeploy.deploy.onnx_export import export_onnx, parity
-from vitdeploy.models import count_macs, count_params, load_model
+from vitdeploy.models import load_model
 from vitdeploy.models.surgery import IndexSelect
 
-from common import interleaved_p50, write_result
+from common import export_variants, speed_rows, write_result
 
 THREADS, ITERS, CALIB = 2, 30, 16
 torch.set_num_threads(THREADS)
 PRUNE = PruneCfg(rate=0.5, sites=["mlp_in", "mlp_hidden"], scope="uniform", alignment=8)
-
-
-def session(path: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # five live sessions share 2 cores
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def mcf(model: torch.nn.Module, cfg: McfCfg, prune: PruneCfg = PRUNE) -> torch.nn.Module:
@@ -63,27 +54,11 @@ models["mcf_per_layer_elementwise"] = elementwise(models["mcf_per_layer"])
 models["mcf_hidden_only"] = mcf(dense, McfCfg(), PruneCfg(rate=0.5, sites=["mlp_hidden"], scope="uniform", alignment=8))
 kept = {k: [(b.mlp.fc1.in_features, b.mlp.fc1.out_features) for b in m.blocks] for k, m in models.items()}
 rng = np.random.default_rng(0)
-stats, paths, rows = {}, {}, []
 with tempfile.TemporaryDirectory() as tmp:
-    for name, model in models.items():
-        paths[name] = export_onnx(model, Path(tmp) / f"{name}.onnx", size)
-        stats[name] = {"params": count_params(model), "macs": count_macs(model, size),
-                       "parity_max_abs_diff": parity(model, paths[name], rng.standard_normal((2, *size), dtype=np.float32))["max_abs_diff"]}
-    sessions = {k: session(p) for k, p in paths.items()}
-    for batch in (8, 1):
-        x = rng.standard_normal((batch, *size), dtype=np.float32)
-        p50 = interleaved_p50({k: (lambda s=s: s.run(None, {"input": x})) for k, s in sessions.items()}, ITERS)
-        row = {"batch": batch, "p50_ms": {k: round(v, 2) for k, v in p50.items()}, "variants": {}}
-        for k in models:
-            if k == "dense":
-                continue
-            macs_ratio = stats["dense"]["macs"] / stats[k]["macs"]
-            speedup = p50["dense"] / p50[k]
-            row["variants"][k] = {"macs_ratio": round(macs_ratio, 3), "speedup": round(speedup, 3),
-                                  "speedup_over_macs_ratio": round(speedup / macs_ratio, 3)}
-        row["uniform_over_per_layer"] = round(p50["mcf_per_layer"] / p50["mcf_uniform"], 3)
-        rows.append(row)
-    sessions.clear()
+    stats, paths = export_variants(models, Path(tmp), size, rng)
+    rows = speed_rows(paths, stats, size, rng, THREADS, ITERS)
+    for row in rows:
+        row["uniform_over_per_layer"] = round(row["p50_ms"]["mcf_per_layer"] / row["p50_ms"]["mcf_uniform"], 3)
     x8 = rng.standard_normal((8, *size), dtype=np.float32)
     ops, selects = {}, {}
     for k, p in paths.items():

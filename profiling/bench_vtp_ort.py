@@ -10,16 +10,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from vitdeploy.bench.op_profile import ort_op_profile
 from vitdeploy.compress.plan import apply_plan
 from vitdeploy.compress.recipe import PruneCfg
 from vitdeploy.compress.vtp import magnitude_plan
-from vitdeploy.deploy.onnx_export import export_onnx, parity
-from vitdeploy.models import count_macs, count_params, load_model
+from vitdeploy.models import load_model
 
-from common import interleaved_p50, write_result
+from common import export_variants, speed_rows, write_result
 
 THREADS, ITERS, RATE = 2, 30, 0.4
 VTP4 = ["attn_in", "attn_out", "mlp_in", "mlp_hidden"]
@@ -31,34 +29,13 @@ PLANS = {
 }
 
 
-def session(path: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # five live sessions share 2 cores
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 dense = load_model("deit_small_patch16_224").model.eval()
 size = (3, 224, 224)
 models = {"dense": dense} | {k: apply_plan(copy.deepcopy(dense), magnitude_plan(dense, cfg)) for k, cfg in PLANS.items()}
 rng = np.random.default_rng(0)
-stats, paths, rows = {}, {}, []
 with tempfile.TemporaryDirectory() as tmp:
-    for name, model in models.items():
-        paths[name] = export_onnx(model, Path(tmp) / f"{name}.onnx", size)
-        stats[name] = {"params": count_params(model), "macs": count_macs(model, size),
-                       "parity_max_abs_diff": parity(model, paths[name], rng.standard_normal((2, *size), dtype=np.float32))["max_abs_diff"]}
-    sessions = {k: session(p) for k, p in paths.items()}
-    for batch in (8, 1):
-        x = rng.standard_normal((batch, *size), dtype=np.float32)
-        p50 = interleaved_p50({k: (lambda s=s: s.run(None, {"input": x})) for k, s in sessions.items()}, ITERS)
-        row = {"batch": batch, "p50_ms": {k: round(v, 2) for k, v in p50.items()}, "variants": {}}
-        for k in PLANS:
-            macs_ratio = stats["dense"]["macs"] / stats[k]["macs"]
-            speedup = p50["dense"] / p50[k]
-            row["variants"][k] = {"macs_ratio": round(macs_ratio, 3), "speedup": round(speedup, 3),
-                                  "speedup_over_macs_ratio": round(speedup / macs_ratio, 3)}
-        rows.append(row)
+    stats, paths = export_variants(models, Path(tmp), size, rng)
+    rows = speed_rows(paths, stats, size, rng, THREADS, ITERS)
     x8 = rng.standard_normal((8, *size), dtype=np.float32)
     ops, breakdown = {}, {}
     for k, p in paths.items():

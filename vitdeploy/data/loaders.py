@@ -80,7 +80,8 @@ def make_loader(
     generator = torch.Generator().manual_seed(int(seed))
     workers = dict(num_workers=int(num_workers), worker_init_fn=_seed_worker if num_workers > 0 else None)
     if shard and distributed.world_size() > 1:  # the single-process batches, each split across the ranks
-        distributed.check_global_batch(int(batch_size))
+        if shuffle:  # training: equal shares, so DDP's average of the rank means is the global-batch mean
+            distributed.check_global_batch(int(batch_size))
         order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
         batches = distributed.ShardedBatchSampler(BatchSampler(order, int(batch_size), drop_last),
                                                   distributed.rank(), distributed.world_size())
