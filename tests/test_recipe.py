@@ -1,7 +1,7 @@
 """Recipes: packaged ones load, the schema rejects unknown keys, wrong types and impossible values."""
 import pytest
 
-from vitdeploy.compress.recipe import Recipe, available_recipes, load_recipe, schema_rows
+from vitdeploy.compress.recipe import Recipe, apply_overrides, available_recipes, load_recipe, schema_rows
 from vitdeploy.errors import RecipeError
 
 
@@ -83,3 +83,13 @@ def test_readme_documents_every_recipe_key():
 def test_cross_field_rules(overrides, match):
     with pytest.raises(RecipeError, match=match):
         load_recipe("vtp-40", overrides)
+
+
+def test_errors_are_one_line_even_when_the_input_carries_line_breaks():
+    """Found by hypothesis: a --set value of a bare newline made a two-line error."""
+    with pytest.raises(RecipeError) as e:
+        apply_overrides({}, ["\n"])
+    assert "\n" not in str(e.value) and "'\\n'" in str(e.value)
+    with pytest.raises(RecipeError) as e:
+        load_recipe("vtp-40", ["prune.rate=\nx"])
+    assert "\n" not in str(e.value)

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 
 class VitDeployError(Exception):
-    """A problem the user can fix: bad input, a missing file, an unsupported model, a missing backend."""
+    """A problem the user can fix: bad input, a missing file, an unsupported model, a missing backend. The message is
+    one line by construction: line breaks that user input (a key, a path, a --set value) carries become spaces."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(" ".join(str(message).split()))
 
 
 class ModelError(VitDeployError):

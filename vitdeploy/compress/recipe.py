@@ -215,7 +215,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """`key.sub=value` strings (value parsed as YAML) written into the raw recipe mapping."""
     for item in overrides:
         if "=" not in item:
-            raise RecipeError(f"--set expects key=value, got '{item}'")
+            raise RecipeError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
