@@ -11,14 +11,14 @@ VD := $(BIN)/vitdeploy
 DEMO ?= runs/demo
 THREADS ?= 2
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench fashion-data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(CURDIR)/.venv
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[dev]"
+$(STAMP): pyproject.toml requirements/constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --upgrade pip -c requirements/constraints.txt
+	$(BIN)/python -m pip install -c requirements/constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -43,7 +43,16 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(STAMP)
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+# The Fashion-MNIST benchmarks need the Debian package: installed here when we are root, otherwise one line says how.
+fashion-data:
+	@test -f $(FASHION_DIR)/t10k-labels-idx1-ubyte.gz || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or pass --data fashion-mnist:PATH"; exit 2; fi
+
+bench: $(STAMP) fashion-data
 	@for f in profiling/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:

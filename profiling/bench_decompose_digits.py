@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from vitdeploy.compress.pipeline import make_context, run_compress, run_train
-from vitdeploy.compress.recipe import TrainCfg, load_recipe, locate_recipe
-from vitdeploy.compress.study import decomposition_study, hybrid_sweep, learned_scores, rate_for_params
-from vitdeploy.compress.train import seed_everything
+from vitdeploy.compression.pipeline import make_context, run_compress, run_train
+from vitdeploy.compression.recipe import TrainCfg, load_recipe, locate_recipe
+from vitdeploy.compression.study import decomposition_study, hybrid_sweep, learned_scores, rate_for_params
+from vitdeploy.compression.train import seed_everything
 from vitdeploy.io import atomic_write_json
 from vitdeploy.models import load_model
 

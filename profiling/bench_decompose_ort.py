@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitdeploy.bench.op_profile import ort_op_profile
-from vitdeploy.compress.decompose import decompose_model, summarize
-from vitdeploy.compress.plan import apply_plan
-from vitdeploy.compress.recipe import DecomposeCfg, PruneCfg
-from vitdeploy.compress.vtp import magnitude_plan
+from vitdeploy.runtime.onnxrt import ort_op_profile
+from vitdeploy.compression.decompose import decompose_model, summarize
+from vitdeploy.compression.plan import apply_plan
+from vitdeploy.compression.recipe import DecomposeCfg, PruneCfg
+from vitdeploy.compression.vtp import magnitude_plan
 from vitdeploy.models import load_model
 
 from common import export_variants, speed_rows, write_result

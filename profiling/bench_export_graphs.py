@@ -27,8 +27,9 @@ import onnx
 import torch
 
 from vitdeploy.bench.accuracy import evaluate
-from vitdeploy.bench.op_profile import ort_op_profile
-from vitdeploy.bench.runners import OrtRunner, TorchRunner
+from vitdeploy.runtime.onnxrt import ort_op_profile
+from vitdeploy.runtime.onnxrt import OrtRunner
+from vitdeploy.runtime.torch import TorchRunner
 from vitdeploy.data import calibration_subset, load_dataset, make_loader
 from vitdeploy.deploy.fp16 import convert_fp16, emulate_fp16
 from vitdeploy.deploy.graph import clean_graph
@@ -118,9 +119,9 @@ def top1(path: Path, loader: Any) -> float:
 
 def digits_accuracy(tmp: Path, model_dir: Optional[str], epochs: int, calib_images: int) -> dict[str, Any]:
     if model_dir is None:
-        from vitdeploy.compress.pipeline import run_train
-        from vitdeploy.compress.recipe import TrainCfg
-        from vitdeploy.compress.train import seed_everything
+        from vitdeploy.compression.pipeline import run_train
+        from vitdeploy.compression.recipe import TrainCfg
+        from vitdeploy.compression.train import seed_everything
 
         seed_everything(0)
         model_dir = str(tmp / "vit_digits")

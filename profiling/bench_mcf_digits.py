@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from vitdeploy.compress.mcf import back_to_front, calibration_batches, fis_scorer, magnitude_scorer, one_shot, schedule_hooks
-from vitdeploy.compress.pipeline import make_context, run_compress, run_train
-from vitdeploy.compress.recipe import TrainCfg, load_recipe, locate_recipe
-from vitdeploy.compress.train import fit, seed_everything
+from vitdeploy.compression.mcf import back_to_front, calibration_batches, fis_scorer, magnitude_scorer, one_shot, schedule_hooks
+from vitdeploy.compression.pipeline import make_context, run_compress, run_train
+from vitdeploy.compression.recipe import TrainCfg, load_recipe, locate_recipe
+from vitdeploy.compression.train import fit, seed_everything
 from vitdeploy.models import load_model
 
 from common import write_result

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitdeploy.bench.op_profile import ort_op_profile
-from vitdeploy.compress.mcf import back_to_front, fis_scorer
-from vitdeploy.compress.recipe import McfCfg, PruneCfg
+from vitdeploy.runtime.onnxrt import ort_op_profile
+from vitdeploy.compression.mcf import back_to_front, fis_scorer
+from vitdeploy.compression.recipe import McfCfg, PruneCfg
 from vitdeploy.models import load_model
 from vitdeploy.models.surgery import IndexSelect
 

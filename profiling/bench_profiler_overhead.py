@@ -19,7 +19,7 @@ import numpy as np
 from rich.console import Console
 
 from vitdeploy.bench.latency import make_input, measure_latency, progress_bar
-from vitdeploy.bench.runners import OrtRunner
+from vitdeploy.runtime.onnxrt import OrtRunner
 from vitdeploy.deploy.onnx_export import export_onnx
 from vitdeploy.models import load_model
 

@@ -2,7 +2,7 @@
 
 vit_digits (trained here on the bundled digits data) and DeiT-S (random weights and a training-free magnitude plan:
 only shapes matter for speed) are compressed with `vitdeploy compress --recipe vtp-40` (DeiT-S: `prune.importance=magnitude`), exported at every
-precision this build's `vitdeploy export` supports (`vitdeploy.deploy.pipeline.PRECISIONS`), evaluated on the digits
+precision this build's `vitdeploy export` supports (`vitdeploy.precision.PRECISIONS`), evaluated on the digits
 val split (vit_digits only), and timed on onnxruntime CPU with 2 threads at batch 1 and 8: all variants × precisions
 of one model interleaved in one process, reported as ratios to dense fp32. Where a CUDA GPU exists, PyTorch CUDA
 FP16 (autocast) at batch 1 and 64 is added for the same variants. Writes results/variants.json.
@@ -21,8 +21,9 @@ import torch
 from vitdeploy.bench.accuracy import evaluate_artifacts
 from vitdeploy.bench.artifacts import pair_backends, resolve_artifacts
 from vitdeploy.bench.latency import make_input
-from vitdeploy.bench.runners import OrtRunner, TorchRunner
-from vitdeploy.deploy.pipeline import PRECISIONS
+from vitdeploy.runtime.onnxrt import OrtRunner
+from vitdeploy.runtime.torch import TorchRunner
+from vitdeploy.precision import PRECISIONS
 from vitdeploy.models import count_macs, count_params, load_model
 
 from common import interleaved_p50, write_result

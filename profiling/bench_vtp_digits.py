@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from vitdeploy.compress.pipeline import run_compress, run_train
-from vitdeploy.compress.recipe import TrainCfg, load_recipe, locate_recipe
-from vitdeploy.compress.train import seed_everything
+from vitdeploy.compression.pipeline import run_compress, run_train
+from vitdeploy.compression.recipe import TrainCfg, load_recipe, locate_recipe
+from vitdeploy.compression.train import seed_everything
 from vitdeploy.models import load_model
 
 from common import write_result

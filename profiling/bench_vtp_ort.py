@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vitdeploy.bench.op_profile import ort_op_profile
-from vitdeploy.compress.plan import apply_plan
-from vitdeploy.compress.recipe import PruneCfg
-from vitdeploy.compress.vtp import magnitude_plan
+from vitdeploy.runtime.onnxrt import ort_op_profile
+from vitdeploy.compression.plan import apply_plan
+from vitdeploy.compression.recipe import PruneCfg
+from vitdeploy.compression.vtp import magnitude_plan
 from vitdeploy.models import load_model
 
 from common import export_variants, speed_rows, write_result

@@ -9,9 +9,9 @@ import time
 import numpy as np
 import torch
 
-from vitdeploy.compress.gates import VTP_SITES, attach_gates
-from vitdeploy.compress.recipe import SparsityCfg, TrainCfg
-from vitdeploy.compress.train import fit
+from vitdeploy.compression.gates import VTP_SITES, attach_gates
+from vitdeploy.compression.recipe import SparsityCfg, TrainCfg
+from vitdeploy.compression.train import fit
 from vitdeploy.data import calibration_subset, digits_data_config, load_dataset, make_loader
 from vitdeploy.models import load_model
 

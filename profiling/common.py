@@ -3,13 +3,15 @@ roofline, and result files with host info."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vitdeploy.bench.host import host_info
+from vitdeploy.runtime.host import host_info
+from vitdeploy.runtime.onnxrt import session_options
 from vitdeploy.deploy.onnx_export import export_onnx, parity
 from vitdeploy.io import atomic_write_json
 from vitdeploy.models import count_macs, count_params
@@ -53,14 +55,12 @@ def interleaved_p50(runs: dict[str, callable], iters: int, warmup: int = 5) -> d
 
 
 def ort_session(path: Path, threads: int):
-    """An ORT CPU session with pinned threads and spin-waiting off: several live sessions timed round-robin share
-    the cores, and a spinning idle session would steal them from the one being timed."""
+    """An ORT CPU session with pinned threads and spin-waiting off (vitdeploy's own session options): several live
+    sessions timed round-robin share the cores, and a spinning idle session would steal them from the one being
+    timed."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(threads, spin=False), providers=["CPUExecutionProvider"])
 
 
 def export_variants(models: dict, folder: Path, size: tuple, rng: np.random.Generator,
@@ -95,3 +95,39 @@ def speed_rows(paths: dict, stats: dict, size: tuple, rng: np.random.Generator, 
                                   "speedup_over_macs_ratio": round(speedup / macs_ratio, 3)}
         rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------------------------------- accuracy statistics
+Z95 = 1.959964
+
+
+def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion."""
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def top1_record(correct: np.ndarray) -> dict:
+    """Top-1 of a per-image bool vector with its 95 % Wilson interval."""
+    k, n = int(correct.sum()), int(correct.size)
+    lo, hi = wilson(k, n)
+    return {"n": n, "correct": k, "top1": k / n, "ci95": [round(lo, 5), round(hi, 5)]}
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = 10_000, seed: int = 0) -> dict:
+    """Top-1 of `a` minus top-1 of `b`, scored on the same images (per-image bool vectors): the difference, its 95 %
+    bootstrap interval (images resampled with replacement, the pair kept together), and McNemar's exact two-sided p
+    from the discordant images (a right and b wrong, and the reverse)."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    d = a.astype(np.int8) - b.astype(np.int8)  # +1, 0, -1 per image
+    rng = np.random.default_rng(seed)
+    boots = np.array([d[rng.integers(0, d.size, d.size)].mean() for _ in range(resamples)])
+    only_a, only_b = int((d > 0).sum()), int((d < 0).sum())
+    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"difference": float(d.mean()), "ci95_bootstrap": [float(np.quantile(boots, 0.025)),
+                                                              float(np.quantile(boots, 0.975))],
+            "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": float(p)}

@@ -19,8 +19,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def digits_model_dir(tmp_path_factory) -> Path:
     """vit_digits trained for a few epochs on digits through the library (well above chance, a few seconds)."""
-    from vitdeploy.compress.pipeline import run_train
-    from vitdeploy.compress.recipe import TrainCfg
+    from vitdeploy.compression.pipeline import run_train
+    from vitdeploy.compression.recipe import TrainCfg
     from vitdeploy.models import load_model
 
     out = tmp_path_factory.mktemp("models") / "dense"

@@ -69,7 +69,7 @@ def _flip(p: Path) -> None:
 # ------------------------------------------------------------------------------------ deploy manifests
 def test_external_data_deploy_dir_loads_and_runs(external_deploy):
     """The graphs (weights in .data files beside them) verify, load and run on ORT with the exported parity."""
-    from vitdeploy.bench.accuracy import compare_logits
+    from vitdeploy.runtime.compare import compare_logits
 
     found = {a.precision: a for a in resolve_artifacts(str(external_deploy))}
     assert set(found) == {"fp32", "fp16"}
@@ -150,8 +150,8 @@ def test_model_dir_is_checked(digits_model_dir, tmp_path, change, match):
 
 @pytest.mark.parametrize("name", ["compress.json", "kept_dims.png"])
 def test_compress_report_and_plot_are_in_the_manifest(digits_model_dir, tmp_path, name):
-    from vitdeploy.compress.pipeline import run_compress
-    from vitdeploy.compress.recipe import load_recipe
+    from vitdeploy.compression.pipeline import run_compress
+    from vitdeploy.compression.recipe import load_recipe
 
     d = tmp_path / "pruned"
     run_compress(load_model(str(digits_model_dir)), load_recipe("mlp-magnitude", ["finetune.epochs=0"]), None, d, "test")

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import tiny_vit
-from vitdeploy.compress.decompose import (DENSE_NO_SAVING, METHODS, choose_rank, decompose_model, factor,
+from vitdeploy.compression.decompose import (DENSE_NO_SAVING, METHODS, choose_rank, decompose_model, factor,
                                           relative_error, summarize)
-from vitdeploy.compress.plan import apply_plan
-from vitdeploy.compress.recipe import DecomposeCfg, PruneCfg, load_recipe
-from vitdeploy.compress.vtp import magnitude_plan
+from vitdeploy.compression.plan import apply_plan
+from vitdeploy.compression.recipe import DecomposeCfg, PruneCfg, load_recipe
+from vitdeploy.compression.vtp import magnitude_plan
 from vitdeploy.models import LowRankLinear, PrunedAttention, PrunedMlp, count_macs, count_params, describe
 
 TINY_KW = dict(img_size=32, patch_size=8, num_classes=10, embed_dim=64, depth=2, num_heads=2)

@@ -5,10 +5,10 @@ import torch
 
 from conftest import tiny_vit
 from vitdeploy.bench.latency import measure_latency
-from vitdeploy.bench.runners import TorchRunner
-from vitdeploy.compress.vtp import magnitude_plan
-from vitdeploy.compress.plan import apply_plan, masked_copy
-from vitdeploy.compress.recipe import PruneCfg
+from vitdeploy.runtime.torch import TorchRunner
+from vitdeploy.compression.vtp import magnitude_plan
+from vitdeploy.compression.plan import apply_plan, masked_copy
+from vitdeploy.compression.recipe import PruneCfg
 
 
 @pytest.mark.gpu
@@ -42,8 +42,8 @@ def test_cuda_latency_is_measured():
 @pytest.mark.gpu
 def test_compress_trains_on_cuda(tmp_path, digits_model_dir, monkeypatch):
     """VITDEPLOY_DEVICE=cuda: sparsity training, slicing and fine-tuning on the GPU; the model dir loads on CPU."""
-    from vitdeploy.compress.pipeline import run_compress
-    from vitdeploy.compress.recipe import load_recipe
+    from vitdeploy.compression.pipeline import run_compress
+    from vitdeploy.compression.recipe import load_recipe
     from vitdeploy.models import load_model
 
     monkeypatch.setenv("VITDEPLOY_DEVICE", "cuda")

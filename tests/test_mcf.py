@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import tiny_vit
-from vitdeploy.compress.mcf import (
+from vitdeploy.compression.mcf import (
     _marks, _score, back_to_front, fis_importance, fis_scorer, magnitude_scorer, one_shot, permute_residual,
 )
-from vitdeploy.compress.plan import masked_copy
-from vitdeploy.compress.recipe import McfCfg, PruneCfg, load_recipe
+from vitdeploy.compression.plan import masked_copy
+from vitdeploy.compression.recipe import McfCfg, PruneCfg, load_recipe
 from vitdeploy.errors import RecipeError
 from vitdeploy.models.surgery import IndexSelect
 

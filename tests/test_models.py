@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import tiny_vit
-from vitdeploy.compress.plan import BlockPlan, apply_plan
+from vitdeploy.compression.plan import BlockPlan, apply_plan
 from vitdeploy.errors import CheckpointError, ModelError
 from vitdeploy.models import (
     LowRankLinear, PrunedAttention, count_macs, count_params, describe, load_model, save_model_dir,

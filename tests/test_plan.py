@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from conftest import tiny_vit
-from vitdeploy.compress.vtp import magnitude_plan
-from vitdeploy.compress.plan import BlockPlan, aligned_keep, apply_plan, masked_copy
-from vitdeploy.compress.recipe import PruneCfg
+from vitdeploy.compression.vtp import magnitude_plan
+from vitdeploy.compression.plan import BlockPlan, aligned_keep, apply_plan, masked_copy
+from vitdeploy.compression.recipe import PruneCfg
 from vitdeploy.models import count_params
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_vit
-from vitdeploy.bench import OrtRunner, ProfileItem, host_info, profile_artifacts
+from vitdeploy.bench.latency import ProfileItem, profile_artifacts
+from vitdeploy.runtime import OrtRunner, host_info
 from vitdeploy.bench.latency import latency_stats, make_input
 from vitdeploy.deploy import export_onnx
 

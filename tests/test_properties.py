@@ -15,10 +15,10 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from vitdeploy.compress.gates import SITES
-from vitdeploy.compress.plan import BlockPlan
-from vitdeploy.compress.recipe import PruneCfg, Recipe, RecipeError, _build, apply_overrides, load_recipe
-from vitdeploy.compress.vtp import magnitude_plan, magnitude_scores, plan_from_scores, prune_with_reference
+from vitdeploy.compression.gates import SITES
+from vitdeploy.compression.plan import BlockPlan
+from vitdeploy.compression.recipe import PruneCfg, Recipe, RecipeError, load_recipe, recipe_from_dict
+from vitdeploy.compression.vtp import magnitude_plan, magnitude_scores, plan_from_scores, prune_with_reference
 from vitdeploy.errors import VitDeployError
 from vitdeploy.models.surgery import attention_dims
 
@@ -64,7 +64,7 @@ def _valid(r: Recipe) -> None:
 @given(data=MAPPINGS, overrides=OVERRIDES)
 def test_any_mapping_and_overrides_give_a_recipe_or_one_line(data, overrides):
     try:
-        r = _build(Recipe, apply_overrides(data, overrides)).check()
+        r = recipe_from_dict(data, overrides)
     except RecipeError as e:
         assert one_line(e), str(e)
         return
@@ -188,7 +188,7 @@ def test_any_rate_and_alignment_on_odd_models_plans_and_runs(m, cfg, seed):
 @given(m=tiny_models(), cfg=prune_cfgs())
 def test_magnitude_plan_applies_to_any_odd_model(m, cfg):
     """The training-free path `compress` takes with importance: magnitude, straight on the model's weights."""
-    from vitdeploy.compress.plan import apply_plan
+    from vitdeploy.compression.plan import apply_plan
     from vitdeploy.models import count_params
 
     model, kw = m

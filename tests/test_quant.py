@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from conftest import tiny_vit
 from test_onnx_export import INPUT_SIZE, realistic_images
-from vitdeploy.bench.accuracy import compare_logits
+from vitdeploy.runtime.compare import compare_logits
 from vitdeploy.deploy import export_onnx
 from vitdeploy.deploy.fp16 import build_fp16, convert_fp16, emulate_fp16, fp32_nodes, residual_adds
 from vitdeploy.deploy.graph import clean_graph

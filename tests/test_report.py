@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vitdeploy.bench.pareto import best_within, budget_bands, pareto_front
-from vitdeploy.bench.plots import plot_kept_dims
+from vitdeploy.viz.pareto import best_within, budget_bands, pareto_front
+from vitdeploy.viz.plots import plot_kept_dims
 from vitdeploy.cli import main
 
 PROFILING = Path(__file__).resolve().parents[1] / "profiling"

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from torch.utils.data import BatchSampler, RandomSampler
 
 from conftest import tiny_vit
-from vitdeploy.compress.checkpoint import RunCheckpoints
-from vitdeploy.compress.recipe import TrainCfg
-from vitdeploy.compress.train import fit
+from vitdeploy.compression.checkpoint import RunCheckpoints
+from vitdeploy.compression.recipe import TrainCfg
+from vitdeploy.compression.train import fit
 from vitdeploy.data import digits_data_config, load_dataset, make_loader
 from vitdeploy.data.loaders import calibration_subset
 from vitdeploy.distributed import ShardedBatchSampler

@@ -10,26 +10,12 @@ import pytest
 import timm
 import torch
 
-from vitdeploy.bench import (
-    BACKENDS,
-    Extras,
-    OrtRunner,
-    ProfileItem,
-    Runner,
-    TorchRunner,
-    TrtRunner,
-    check_backend_available,
-    create_runner,
-    evaluate,
-    host_info,
-    measure_latency,
-    parse_backends,
-    profile_artifacts,
-    results_table,
-    rss_growth,
-    summarize_ort_profile,
-)
-from vitdeploy.bench.accuracy import infer_in_range
+from vitdeploy.bench.accuracy import evaluate
+from vitdeploy.bench.latency import Extras, ProfileItem, measure_latency, profile_artifacts, results_table
+from vitdeploy.bench.memory import rss_growth
+from vitdeploy.runtime import (BACKENDS, OrtRunner, Runner, TorchRunner, TrtRunner, check_backend_available,
+                               create_runner, host_info, parse_backends, summarize_ort_profile)
+from vitdeploy.runtime.compare import infer_in_range
 from vitdeploy.bench.artifacts import pair_backends, resolve_artifacts
 from vitdeploy.bench.latency import op_profile_table
 from vitdeploy.cli import main

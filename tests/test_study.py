@@ -6,7 +6,7 @@ import json
 import pytest
 
 from test_cli import run
-from vitdeploy.compress.decompose import METHODS
+from vitdeploy.compression.decompose import METHODS
 
 SHORT = ["--set", "sparsity.epochs=1", "--set", "sparsity.l1=1e-3"]
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from vitdeploy.deploy.targets import Target, available_targets, load_target, target_from_dict
-from vitdeploy.errors import RecipeError
+from vitdeploy.errors import TargetError
 
 
 @pytest.mark.parametrize("name", available_targets())
@@ -71,7 +71,7 @@ BASE = {"device": "datacenter", "precisions": ["fp16"], "tensorrt": ["10"],
     ({"gpu_names": [""]}, "'gpu_names' must be non-empty strings"),
 ])
 def test_bad_targets_name_the_key(change, match):
-    with pytest.raises(RecipeError, match=match) as e:
+    with pytest.raises(TargetError, match=match) as e:
         target_from_dict({**BASE, **change}, "'mine'")
     assert str(e.value).startswith("target 'mine'") and "\n" not in str(e.value)
 
@@ -83,13 +83,13 @@ def test_good_dla_target():
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(RecipeError, match="unknown target 'nope' .*packaged: .*jetson-orin-nano"):
+    with pytest.raises(TargetError, match="unknown target 'nope' .*packaged: .*jetson-orin-nano"):
         load_target("nope")
-    with pytest.raises(RecipeError, match="does not exist"):
+    with pytest.raises(TargetError, match="does not exist"):
         load_target(str(tmp_path / "absent.yaml"))
     (tmp_path / "broken.yaml").write_text("profiles: [unclosed\n")
-    with pytest.raises(RecipeError, match="not valid YAML at line"):
+    with pytest.raises(TargetError, match="not valid YAML at line"):
         load_target(str(tmp_path / "broken.yaml"))
     (tmp_path / "list.yaml").write_text("- 1\n")
-    with pytest.raises(RecipeError, match="must be a YAML mapping"):
+    with pytest.raises(TargetError, match="must be a YAML mapping"):
         load_target(str(tmp_path / "list.yaml"))

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_vit
-from vitdeploy.compress.gates import SITES, attach_gates, detach_gates, fold_gates
-from vitdeploy.compress.recipe import PruneCfg
-from vitdeploy.compress.vtp import magnitude_scores, plan_from_scores, prune_with_reference
+from vitdeploy.compression.gates import SITES, attach_gates, detach_gates, fold_gates
+from vitdeploy.compression.recipe import PruneCfg
+from vitdeploy.compression.vtp import magnitude_scores, plan_from_scores, prune_with_reference
 from vitdeploy.errors import RecipeError
 from vitdeploy.models import count_macs, count_params
 

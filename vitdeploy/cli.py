@@ -1,4 +1,4 @@
-"""The `vitdeploy` command line. Thin: parse, call the library, print. Every user error is one line, exit 2."""
+"""The `vitdeploy` command line. Thin: parse, call the Python API (`vitdeploy.api`), print. Every user error is one line, exit 2."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,8 @@ from typing import Optional
 
 import click
 
-from vitdeploy import __version__
+from vitdeploy import __version__, api
+from vitdeploy.compression.methods import DECOMPOSITIONS
 from vitdeploy.errors import VitDeployError
 
 MODEL_HELP = "a timm model name, a checkpoint file (.safetensors or torch), or a vitdeploy model dir"
@@ -32,12 +33,6 @@ def model_options(f):
     f = click.option("--arch", metavar="NAME", help="timm architecture of a bare checkpoint file given as MODEL")(f)
     f = click.option("--checkpoint", metavar="FILE", help="weights for the timm MODEL name (.safetensors or torch file)")(f)
     return f
-
-
-def _load(model: str, checkpoint: Optional[str], arch: Optional[str], pretrained: bool):
-    from vitdeploy.models import load_model
-
-    return load_model(model, checkpoint=checkpoint, arch=arch, pretrained=pretrained)
 
 
 def _int_list(spec: str, what: str) -> list[int]:
@@ -63,14 +58,8 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def info(model: str, checkpoint, arch, pretrained, as_json: bool) -> None:
     """Params, MACs (attention matmuls included) and per-block dims of MODEL."""
-    from vitdeploy.models import block_table, count_macs, count_params
-
-    loaded = _load(model, checkpoint, arch, pretrained)
-    size = loaded.input_size
-    rec = {
-        "model": loaded.source, "base": loaded.arch.base, "input_size": list(size), "num_classes": loaded.num_classes,
-        "params": count_params(loaded.model), "macs": count_macs(loaded.model, size), "blocks": block_table(loaded.arch),
-    }
+    rec = api.info(model, checkpoint=checkpoint, arch=arch, pretrained=pretrained)
+    size = rec["input_size"]
     if as_json:
         _out(json.dumps(rec, indent=2))
         return
@@ -90,15 +79,16 @@ def info(model: str, checkpoint, arch, pretrained, as_json: bool) -> None:
 @cli.command()
 @click.argument("model")
 @model_options
-@click.option("--data", required=True, metavar="SPEC", help="digits | imagefolder:PATH")
+@click.option("--data", required=True, metavar="SPEC", help="digits | fashion-mnist[:PATH] | imagefolder:PATH")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="model dir to write")
-@click.option("--epochs", default=40, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--weight-decay", default=0.05, show_default=True, type=click.FloatRange(min=0))
-@click.option("--warmup-epochs", default=2.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--label-smoothing", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True))
-@click.option("--augment", is_flag=True, help="training-time augmentation (off by default: 1-pixel shifts hurt 8x8 digits)")
+@click.option("--epochs", type=click.IntRange(min=1), help="default: 40, or the model's own (vit_fashion)")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="default: 2e-3, or the model's own")
+@click.option("--batch-size", type=click.IntRange(min=1), help="default: 64, or the model's own")
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="default: 0.05")
+@click.option("--warmup-epochs", type=click.FloatRange(min=0), help="default: 2, or the model's own")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), help="default: 0.1")
+@click.option("--augment/--no-augment", default=None,
+              help="training-time augmentation (default: off: 1-pixel shifts hurt 8x8 digits, and crops cost vit_fashion's short schedule 2-4 points)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="continue from the checkpoints in OUT.ckpt/ after a crash or kill")
 @click.option("--checkpoint-every", default=0, show_default=True, type=click.IntRange(min=0), metavar="STEPS",
@@ -109,18 +99,11 @@ def train(model, checkpoint, arch, pretrained, data, out, epochs, lr, batch_size
 
     Checkpoints are kept in OUT.ckpt/ until OUT is written; under torchrun the model trains with DDP and
     --batch-size is the global batch."""
-    from vitdeploy.compress.pipeline import run_train
-    from vitdeploy.compress.recipe import TrainCfg
-    from vitdeploy.compress.train import seed_everything
-    from vitdeploy.data import parse_data_spec
-
-    parse_data_spec(data)
-    seed_everything(seed)  # before the model exists, so a fresh model's initial weights are reproducible too
-    loaded = _load(model, checkpoint, arch, pretrained)
-    cfg = TrainCfg(epochs=epochs, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, batch_size=batch_size,
-                   label_smoothing=label_smoothing, augment=augment)
-    s = run_train(loaded, data, cfg, Path(out), seed=seed, resume=resume, checkpoint_every=checkpoint_every)
-    _out(f"wrote {out}: val top-1 {100 * s['top1']:.2f} %, {s['params'] / 1e6:.3f} M params, {s['macs'] / 1e6:.1f} M MACs")
+    r = api.train(model, data, out, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                  warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment, seed=seed,
+                  resume=resume, checkpoint_every=checkpoint_every, checkpoint=checkpoint, arch=arch,
+                  pretrained=pretrained)
+    _out(f"wrote {out}: val top-1 {100 * r.top1:.2f} %, {r.params / 1e6:.3f} M params, {r.macs / 1e6:.1f} M MACs")
 
 
 # -------------------------------------------------------------------------------------------- compress
@@ -138,19 +121,8 @@ def compress(model, checkpoint, arch, pretrained, recipe, data, out, overrides, 
     """Compress MODEL with a recipe; writes a model dir with compress.json.
 
     Checkpoints are kept in OUT.ckpt/ until OUT is written; under torchrun training phases run with DDP."""
-    from vitdeploy.compress.pipeline import run_compress
-    from vitdeploy.compress.recipe import load_recipe, locate_recipe
-    from vitdeploy.compress.train import seed_everything
-    from vitdeploy.data import parse_data_spec
-
-    overrides = list(overrides) + ([f"mcf.calib_images={calib_images}"] if calib_images is not None else [])
-    rec = load_recipe(recipe, overrides)
-    source = locate_recipe(recipe)[1]
-    if data is not None:
-        parse_data_spec(data)
-    seed_everything(rec.seed)
-    loaded = _load(model, checkpoint, arch, pretrained)
-    r = run_compress(loaded, rec, data, Path(out), source, resume=resume)
+    r = api.compress(model, recipe, out, data=data, overrides=list(overrides), calib_images=calib_images,
+                     resume=resume, checkpoint=checkpoint, arch=arch, pretrained=pretrained).record
     _print_kept(r["kept"], r["dense_blocks"])
     acc = " → ".join(f"{100 * s['top1']:.2f} ({s['stage']})" for s in r["stages"] if s["top1"] is not None)
     red = r["reduction"]
@@ -194,20 +166,10 @@ def _print_kept(kept: list[dict], dense: list[dict]) -> None:
 def export(model, checkpoint, arch, pretrained, out, precision, data, opset, static_batch, io_dtype, calib_data,
            calib_images, calib_method, int8_attention, exclude, target) -> None:
     """Export MODEL to clean FP32/FP16/INT8 ONNX graphs checked against PyTorch on real inputs; writes export.json."""
-    from vitdeploy.data import parse_data_spec
-    from vitdeploy.deploy.int8 import Int8Config
-    from vitdeploy.deploy.pipeline import ExportConfig, parse_precisions, resolve_target, run_export
-
-    for spec in (data, calib_data):
-        if spec is not None:
-            parse_data_spec(spec)
-    cfg = ExportConfig(precisions=parse_precisions(precision) if precision is not None else None, data=data,
-                       opset=opset, static_batch=static_batch, io_dtype=io_dtype, calib_data=calib_data,
-                       calib_images=calib_images, target=target, release_model=True,
-                       int8=Int8Config(method=calib_method, attention=int8_attention, exclude=tuple(exclude.split(","))))
-    resolve_target(target)  # a bad target fails before the model is loaded
-    loaded = _load(model, checkpoint, arch, pretrained)
-    r = run_export(loaded, Path(out), cfg)
+    r = api.export(model, out, precisions=precision, data=data, opset=opset, static_batch=static_batch,
+                   io_dtype=io_dtype, calib_data=calib_data, calib_images=calib_images, calib_method=calib_method,
+                   int8_attention=int8_attention, exclude=tuple(exclude.split(",")), target=target,
+                   release_model=True, checkpoint=checkpoint, arch=arch, pretrained=pretrained).record
     for a in r["artifacts"]:
         p = a["parity"]
         _out(f"wrote {Path(out) / a['file']}: {a['nodes']} nodes, max |Δ| {p['max_abs_diff']:.2e}, "
@@ -239,40 +201,29 @@ def profile(artifacts, backend, batch, warmup, iters, duration, threads, op_top,
     """Latency percentiles and throughput of each ARTIFACT (.onnx, engine, deploy dir, or MODEL) per backend and batch."""
     from rich.console import Console
 
-    from vitdeploy.bench.artifacts import pair_backends, resolve_artifacts
-    from vitdeploy.bench.latency import Extras, ProfileItem, op_profile_table, profile_artifacts, results_table
-    from vitdeploy.bench.runners import check_backend_available, parse_backends
+    from vitdeploy.bench.latency import op_profile_table, results_table
     from vitdeploy.io import atomic_write_json
 
-    backends = parse_backends(backend)
-    for b in backends:
-        check_backend_available(b)
-    batches = _int_list(batch, "--batch")
-    pairs, notes = pair_backends([resolve_artifacts(spec, arch) for spec in artifacts], backends)
-    sizes = {a.input_size for a, _ in pairs}
-    if len(sizes) > 1:
-        raise VitDeployError(f"artifacts take different input sizes {sorted(sizes)}: profile them separately")
-    items = [ProfileItem(a.label, (lambda a=a, b=b: a.runner(b, threads)),
-                         {**a.describe(), "precision": a.precision_on(b)}) for a, b in pairs]
-    result = profile_artifacts(items, batches, warmup=warmup, iters=iters, duration=duration,
-                               input_size=pairs[0][0].input_size, threads=threads,
-                               extras=Extras(op_profile_top=op_top, leak_runs=leak_runs))
+    r = api.profile(list(artifacts), backend=backend, batch=_int_list(batch, "--batch"), warmup=warmup, iters=iters,
+                    duration=duration, threads=threads, op_profile=op_top, leak_runs=leak_runs, arch=arch)
     console = Console()
-    console.print(results_table(result))
-    ops = op_profile_table(result)
+    console.print(results_table(r.record))
+    ops = op_profile_table(r.record)
     if ops is not None:
         console.print(ops)
-    for note in notes + [f"skipped {s['artifact']} [{s['backend']}] batch {s['batch']}: {s['reason']}" for s in result["skipped"]]:
+    for note in r.notes:
         _out(note)
     if out:
-        atomic_write_json(out, result)
+        atomic_write_json(out, r.record)
         _out(f"wrote {out}")
 
 
 # ------------------------------------------------------------------------------------------------ eval
 @cli.command(name="eval")
 @click.argument("artifact")
-@click.option("--data", required=True, metavar="SPEC", help="digits | imagefolder:PATH (its val split)")
+@click.option("--data", required=True, metavar="SPEC", help="digits | fashion-mnist[:PATH] | imagefolder:PATH")
+@click.option("--split", type=click.Choice(["val", "test"]), help="which split to measure (default: test where the "
+              "dataset has an official test set, as fashion-mnist does, else val)")
 @click.option("--reference", metavar="ARTIFACT", help="compare logits with this artifact (agreement, cosine); "
               "a deploy dir gives its fp32 graph")
 @click.option("--backend", help="backend to run on (default: ort-cpu for ONNX graphs, trt for engines, torch-cpu for "
@@ -281,34 +232,22 @@ def profile(artifacts, backend, batch, warmup, iters, duration, threads, op_top,
 @click.option("--arch", metavar="NAME", help="timm architecture of a bare checkpoint file given as ARTIFACT")
 @click.option("--out", metavar="FILE.json", help="write results as JSON; for several artifacts put {precision} in the "
               "name, e.g. RUN/eval.{precision}.json")
-def eval_cmd(artifact, data, reference, backend, batch_size, arch, out) -> None:
-    """Top-1 and top-5 of ARTIFACT (every graph of a deploy dir) on the val split of SPEC."""
-    from vitdeploy.bench.accuracy import eval_out_paths, evaluate_artifacts
-    from vitdeploy.bench.artifacts import pair_backends, reference_artifact, resolve_artifacts
-    from vitdeploy.bench.runners import check_backend_available, parse_backends
-    from vitdeploy.data import parse_data_spec
-    from vitdeploy.io import atomic_write_json
-
-    parse_data_spec(data)
-    backends = parse_backends(backend) if backend else None
-    for b in backends or []:
-        check_backend_available(b)
-    jobs, notes = pair_backends([resolve_artifacts(artifact, arch)], backends)
-    paths = eval_out_paths(out, jobs)
-    ref = reference_artifact(resolve_artifacts(reference, arch)) if reference else None
-    for note in notes:
+def eval_cmd(artifact, data, split, reference, backend, batch_size, arch, out) -> None:
+    """Top-1 and top-5 of ARTIFACT (every graph of a deploy dir) on a split of SPEC (test where it has one, else val)."""
+    run = api.evaluate(artifact, data, split=split, reference=reference, backend=backend, batch_size=batch_size,
+                       arch=arch, out=out)
+    for note in run.notes:
         _out(note)
-    records = evaluate_artifacts(jobs, data, reference=ref, batch_size=batch_size)
-    for rec in records:
-        msg = (f"{rec['artifact']} [{rec['backend']}, {rec['precision']}] on {data} val (n={rec['n']}): "
+    for r in run.results:
+        rec = r.record
+        msg = (f"{rec['artifact']} [{rec['backend']}, {rec['precision']}] on {data} {rec['split']} (n={rec['n']}): "
                f"top-1 {100 * rec['top1']:.2f} %, top-5 {100 * rec['top5']:.2f} %")
-        if ref:
-            msg += f"; vs {ref.label}: agreement {100 * rec['top1_agreement']:.2f} %, cosine {rec['cosine_mean']:.6f}"
+        if run.reference:
+            msg += f"; vs {run.reference}: agreement {100 * rec['top1_agreement']:.2f} %, cosine {rec['cosine_mean']:.6f}"
         _out(msg)
-    for rec, path in zip(records, paths):
-        if path is not None:
-            atomic_write_json(path, rec)
-            _out(f"wrote {path}")
+    for r in run.results:
+        if r.path is not None:
+            _out(f"wrote {r.path}")
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -321,11 +260,8 @@ def eval_cmd(artifact, data, reference, backend, batch_size, arch, out) -> None:
 @click.option("--batch", type=click.IntRange(min=1), help="batch size the advice and chart use (default: as --backend)")
 def report(runs, profiles, out, backend, batch) -> None:
     """Every variant in RUNS (model dirs) side by side, the one to ship per latency budget, and plots."""
-    from vitdeploy.bench.report import build_report
-
-    rep = build_report([Path(r) for r in runs], [Path(p) for p in profiles], Path(out), backend=backend, batch=batch)
-    plots = [rep["plots"].get("accuracy_latency"), rep["plots"].get("latency_batch"), *rep["plots"]["kept_dims"].values()]
-    _out(f"wrote {Path(out) / 'report.md'}, report.json" + "".join(f", {p}" for p in plots if p))
+    r = api.report(list(runs), out, profiles=list(profiles), backend=backend, batch=batch)
+    _out(f"wrote {Path(out) / 'report.md'}, report.json" + "".join(f", {p}" for p in r.plots))
 
 
 # ----------------------------------------------------------------------------------------------- study
@@ -344,17 +280,6 @@ def _float_list(spec: str, what: str) -> list[float]:
     return values
 
 
-def _study_setup(model, checkpoint, arch, pretrained, recipe, data, overrides):
-    from vitdeploy.compress.recipe import load_recipe
-    from vitdeploy.compress.train import seed_everything
-    from vitdeploy.data import parse_data_spec
-
-    rec = load_recipe(recipe, list(overrides))
-    parse_data_spec(data)
-    seed_everything(rec.seed)
-    return rec, _load(model, checkpoint, arch, pretrained)
-
-
 @study.command()
 @click.argument("model")
 @model_options
@@ -362,17 +287,15 @@ def _study_setup(model, checkpoint, arch, pretrained, recipe, data, overrides):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for study.json, study.md, study.png")
 @click.option("--recipe", default="vtp-svd", show_default=True, metavar="NAME_OR_YAML",
               help="VTP settings, layers and rank rule (its decompose.method is replaced by each method)")
-@click.option("--methods", default="svd,qr-full,qr-reduced,qr-pivoted,cod,lu", show_default=True, metavar="LIST")
+@click.option("--methods", default=",".join(DECOMPOSITIONS), show_default=True, metavar="LIST")
 @click.option("--finetune-epochs", default=2, show_default=True, type=click.IntRange(min=0),
               help="length of the short fine-tune every variant gets")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe field")
 def decomposition(model, checkpoint, arch, pretrained, data, out, recipe, methods, finetune_epochs, overrides) -> None:
     """VTP, then VTP + SVD / QR (4 variants) / LU at equal ranks, before and after a short fine-tune."""
-    from vitdeploy.compress.study import decomposition_study
-
-    rec, loaded = _study_setup(model, checkpoint, arch, pretrained, recipe, data, overrides)
-    r = decomposition_study(loaded, rec, data, Path(out), [m.strip() for m in methods.split(",") if m.strip()],
-                            finetune_epochs)
+    r = api.study_decomposition(model, data, out, recipe=recipe, methods=[m.strip() for m in methods.split(",") if m.strip()],
+                                finetune_epochs=finetune_epochs, overrides=list(overrides), checkpoint=checkpoint,
+                                arch=arch, pretrained=pretrained)
     for row in r["rows"]:
         _out(f"{row['label']:<30} {row['params'] / 1e6:8.3f} M params {row['macs'] / 1e6:9.1f} M MACs  top-1 "
              f"{100 * row['top1_before_finetune']:.2f} → {100 * row['top1_after_finetune']:.2f} %")
@@ -395,13 +318,9 @@ def decomposition(model, checkpoint, arch, pretrained, data, out, recipe, method
 def hybrid(model, checkpoint, arch, pretrained, data, out, ranks, rates, recipe, vtp_recipe, finetune_epochs,
            overrides) -> None:
     """Sweep the hybrid recipe (attention rank × MLP rate) and draw its accuracy/params frontier beside VTP alone."""
-    from vitdeploy.compress.recipe import load_recipe
-    from vitdeploy.compress.study import hybrid_sweep
-
-    rank_list, rate_list = _float_list(ranks, "--ranks"), _float_list(rates, "--rates")
-    baseline = load_recipe(vtp_recipe)
-    rec, loaded = _study_setup(model, checkpoint, arch, pretrained, recipe, data, overrides)
-    r = hybrid_sweep(loaded, rec, baseline, data, Path(out), rank_list, rate_list, finetune_epochs)
+    r = api.study_hybrid(model, data, out, ranks=_float_list(ranks, "--ranks"), rates=_float_list(rates, "--rates"),
+                         recipe=recipe, vtp_recipe=vtp_recipe, finetune_epochs=finetune_epochs,
+                         overrides=list(overrides), checkpoint=checkpoint, arch=arch, pretrained=pretrained)
     for p in r["pairs"]:
         _out(f"hybrid rank {p['rank_ratio']:g} MLP rate {p['mlp_rate']:g}: {p['hybrid_params'] / 1e6:.3f} M params, "
              f"top-1 {100 * p['hybrid_top1']:.2f} %; VTP rate {p['vtp_rate']:g}: {p['vtp_params'] / 1e6:.3f} M, "

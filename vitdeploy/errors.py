@@ -22,6 +22,10 @@ class RecipeError(VitDeployError):
     """A recipe that cannot be found, parsed, or validated against its schema."""
 
 
+class TargetError(VitDeployError):
+    """A deployment target that cannot be found, parsed, or validated against its schema."""
+
+
 class DataError(VitDeployError):
     """A data spec that cannot be parsed or a dataset that cannot be read."""
 

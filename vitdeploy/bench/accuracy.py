@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import numpy as np
 import torch
 
-from vitdeploy.bench.runners import Runner
 from vitdeploy.errors import VitDeployError
+from vitdeploy.runtime.base import Runner
+from vitdeploy.runtime.compare import cosine_per_sample, infer_in_range
 
 if TYPE_CHECKING:
     from vitdeploy.bench.artifacts import Artifact
@@ -22,50 +23,11 @@ def _as_numpy(x: torch.Tensor | np.ndarray, dtype: Any) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x), dtype=dtype)
 
 
-def cosine_per_sample(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row of `a` with the same row of `b` (float64)."""
-    a = a.reshape(len(a), -1).astype(np.float64)
-    b = b.reshape(len(b), -1).astype(np.float64)
-    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return (a * b).sum(axis=1) / np.maximum(denom, 1e-12)
-
-
-def compare_logits(got: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
-    """max/mean abs diff, mean per-sample cosine, top-1 agreement and n of two logit arrays."""
-    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    if got.shape != ref.shape:
-        raise VitDeployError(f"logit shapes differ: {got.shape} vs {ref.shape}")
-    diff = np.abs(got - ref)
-    return {
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "cosine": float(cosine_per_sample(got, ref).mean()),
-        "top1_agreement": float((got.argmax(axis=1) == ref.argmax(axis=1)).mean()),
-        "n": int(len(got)),
-    }
-
-
 def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Per-sample bool: is the label among the k highest logits."""
     k = min(k, logits.shape[1])
     top = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k < logits.shape[1] else np.arange(logits.shape[1])[None]
     return (top == labels[:, None]).any(axis=1)
-
-
-def infer_in_range(runner: Runner, x: np.ndarray, max_batch: int | None = None) -> np.ndarray:
-    """Logits for any number of samples on a runner with a limited batch range (a static graph, an engine's
-    profile): chunks of at most its largest batch (and `max_batch`), a short last chunk padded with copies of its
-    last sample."""
-    low, high = runner.batch_range
-    step = min(b for b in (high, max_batch, len(x)) if b)
-    outs = []
-    for i in range(0, len(x), step):
-        chunk = x[i:i + step]
-        n = len(chunk)
-        if n < low:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], low - n, axis=0)])
-        outs.append(runner.infer(chunk)[:n])
-    return np.concatenate(outs)
 
 
 def evaluate(runner: Runner, batches: Iterable[tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]],
@@ -124,18 +86,21 @@ def eval_out_paths(template: str | None, jobs: list[tuple[Artifact, str]]) -> li
 
 
 def evaluate_artifacts(jobs: list[tuple[Artifact, str]], data: str, reference: Artifact | None = None,
-                       batch_size: int = 64, show_progress: bool = True) -> list[dict[str, Any]]:
-    """Top-1/top-5 of each (artifact, backend) on the val split of `data`, with agreement against `reference`.
+                       batch_size: int = 64, show_progress: bool = True, split: str | None = None) -> list[dict[str, Any]]:
+    """Top-1/top-5 of each (artifact, backend) on a split of `data` (default: the official test set where the
+    dataset has one, else val), with agreement against `reference`.
 
     Each record carries the artifact's kind, precision (as computed on that backend), sha256 and variant, so a
     report can tell the fp16 graph's accuracy from the fp32 one's.
     """
     from vitdeploy.bench.artifacts import DEFAULT_BACKEND
-    from vitdeploy.data import load_dataset, make_loader
+    from vitdeploy.data import default_eval_split, load_dataset, make_loader, splits_of
+    from vitdeploy.data.specs import check_split
     from vitdeploy.progress import make_progress
 
+    split = check_split(split or default_eval_split(data), splits_of(data))
     records = []
-    datasets = [load_dataset(data, "val", art.data_config) for art, _ in jobs]  # data errors before any bar is drawn
+    datasets = [load_dataset(data, split, art.data_config) for art, _ in jobs]  # data errors before any bar is drawn
     with make_progress(transient=True) as bar:
         for (art, backend), ds in zip(jobs, datasets):
             task = bar.add_task(f"eval {Path(art.label).name} [{backend}]", total=len(ds), info="",
@@ -144,7 +109,8 @@ def evaluate_artifacts(jobs: list[tuple[Artifact, str]], data: str, reference: A
             r = evaluate(art.runner(backend), make_loader(ds, batch_size), reference=ref_runner,
                          progress=lambda n, t=task: bar.advance(t, n))
             bar.remove_task(task)
-            rec = {**art.describe(), "precision": art.precision_on(backend), "backend": backend, "data": data, **r}
+            rec = {**art.describe(), "precision": art.precision_on(backend), "backend": backend, "data": data,
+                   "split": split, **r}
             if reference is not None:
                 rec["reference"] = reference.label
             records.append(rec)

@@ -9,12 +9,14 @@ from typing import Any, Optional
 
 import onnx
 
-from vitdeploy.bench.runners import Runner, check_backend_available, create_runner
-from vitdeploy.bench.trt import ENGINE_SUFFIXES
+from vitdeploy.runtime.base import Runner
+from vitdeploy.runtime.registry import check_backend_available, create_runner
+from vitdeploy.runtime.trt import ENGINE_SUFFIXES
 from vitdeploy.errors import IntegrityError, VitDeployError
 from vitdeploy.io import is_staging_path, member_path, read_json, sha256_file, verify_entry
 from vitdeploy.models import LoadedModel, load_model
 from vitdeploy.models.modeldir import is_model_dir
+from vitdeploy.precision import ARTIFACT_PRECISIONS
 
 IMAGENET_CONFIG = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bicubic",
                    "crop_pct": 0.875, "crop_mode": "center"}
@@ -69,7 +71,6 @@ def _variant_of(folder: Path) -> Optional[str]:
     return None
 
 
-_PRECISIONS = ("fp32", "fp16", "int8", "best", "bf16", "fp8")
 _VERIFIED: dict[str, tuple] = {}  # deploy dir -> the stat stamp of its files when last verified in this process
 
 
@@ -95,7 +96,7 @@ def verify_deploy_dir(folder: Path, record: Any) -> dict:
         for a in record.get(key_) or []:
             if not isinstance(a, dict) or "error" in a:
                 continue  # a failed engine build is recorded without a file
-            if a.get("precision") not in _PRECISIONS:  # it names eval's output files ({precision}): no paths
+            if a.get("precision") not in ARTIFACT_PRECISIONS:  # it names eval's output files ({precision}): no paths
                 raise IntegrityError(f"{what}: export.json gives {a.get('file')!r} the unknown precision "
                                      f"{str(a.get('precision'))[:40]!r}")
             names = [a.get("file"), *((a.get(extra) or []) if extra else [])]
@@ -187,7 +188,7 @@ def onnx_artifact(path: Path) -> Artifact:
 def _engine_precision(path: Path) -> str:
     """From the export naming scheme model.<precision>.b<batch>.plan, else 'unknown'."""
     tokens = path.name.split(".")
-    return next((t for t in tokens if t in ("fp32", "fp16", "int8", "best", "bf16", "fp8")), "unknown")
+    return next((t for t in tokens if t in ARTIFACT_PRECISIONS), "unknown")
 
 
 def engine_artifact(path: Path, record: Optional[dict] = None, folder: Optional[Path] = None) -> Artifact:
@@ -205,7 +206,7 @@ def engine_artifact(path: Path, record: Optional[dict] = None, folder: Optional[
 
 
 def _engine_input_size(path: Path) -> tuple[int, int, int]:
-    from vitdeploy.bench.trt import TrtRunner
+    from vitdeploy.runtime.trt import TrtRunner
 
     check_backend_available("trt")
     with TrtRunner(path) as runner:

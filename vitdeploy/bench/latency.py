@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vitdeploy.bench.host import host_info
+from vitdeploy.runtime.host import host_info
 from vitdeploy.bench.memory import rss_growth
-from vitdeploy.bench.runners import Runner
+from vitdeploy.runtime.base import Runner
 from vitdeploy.errors import VitDeployError
 
 PERCENTILES = (50, 90, 95, 99)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from vitdeploy.bench.runners import Runner
+from vitdeploy.runtime.base import Runner
 from vitdeploy.errors import VitDeployError
 
 

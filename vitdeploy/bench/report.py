@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from vitdeploy.bench.pareto import budget_bands, pareto_front
-from vitdeploy.bench.plots import plot_accuracy_latency, plot_kept_dims, plot_latency_vs_batch
+from vitdeploy.viz.pareto import budget_bands, pareto_front
+from vitdeploy.viz.plots import plot_accuracy_latency, plot_kept_dims, plot_latency_vs_batch
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import atomic_write_json, atomic_write_text, read_json
 from vitdeploy.models import block_table, count_macs, count_params, load_model_dir
@@ -74,7 +74,9 @@ def _accuracy(run: Path, entries: dict[str, dict], compress: Optional[dict], tra
                       "kind": rec.get("kind") or ("torch" if str(rec.get("backend", "")).startswith("torch") else "onnx"),
                       "top1": rec["top1"], "top5": rec.get("top5"), "n": rec.get("n"), "data": rec.get("data"),
                       "top1_agreement": rec.get("top1_agreement"), "cosine_mean": rec.get("cosine_mean"),
-                      "source": f"{path.name} ({Path(str(rec.get('artifact', '?'))).name} on {rec.get('backend', '?')})"})
+                      "split": rec.get("split", "val"),
+                      "source": f"{path.name} ({Path(str(rec.get('artifact', '?'))).name} on {rec.get('backend', '?')}, "
+                                f"{rec.get('data', '?')} {rec.get('split', 'val')} split)"})
     top1, source = train.get("top1"), "train (PyTorch)"
     if compress:  # the last stage that was evaluated: fine-tuned, else pruned (no fine-tuning asked for)
         last = next((s for s in reversed(_stages(compress)) if s.get("top1") is not None), None)

@@ -12,8 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
-
+from vitdeploy.data.arrays import GrayArrayDataset
 from vitdeploy.data.specs import check_split, input_size_of
 
 # Recorded normalisation: mean/std of every train-split pixel, in [0, 1] scale (float64, population std).
@@ -77,50 +76,19 @@ def digits_train_stats() -> tuple[float, float]:
     return float(pixels.mean()), float(pixels.std())
 
 
-class DigitsDataset(Dataset):
+class DigitsDataset(GrayArrayDataset):
     """Items are (float32 [3, H, W] normalised image, int label)."""
+
+    SPEC, NAME, MEAN, STD = "digits", "digits", DIGITS_MEAN, DIGITS_STD
 
     def __init__(
         self, split: str, input_size: tuple[int, int, int] = (3, 32, 32), augment: bool = False, seed: int = 0
     ) -> None:
-        self.split = check_split(split)
-        _, self.height, self.width = input_size_of({"input_size": input_size})
-        self.augment = bool(augment) and self.split == "train"  # never augment evaluation data
-        self.seed = int(seed)
+        split = check_split(split)
         images, labels = _load_arrays()
-        idx = digits_split_indices(self.split)
-        self.images = torch.from_numpy(images[idx])  # [N, 8, 8] in [0, 1]
-        self.labels = torch.from_numpy(labels[idx])
-        self.classes = list(DIGITS_CLASSES)
-        self.num_classes = DIGITS_NUM_CLASSES
-        self._gen = torch.Generator().manual_seed(self.seed)
-
-    @property
-    def targets(self) -> list[int]:
-        return self.labels.tolist()
-
-    @property
-    def info(self) -> dict[str, Any]:
-        return {
-            "spec": "digits",
-            "split": self.split,
-            "size": len(self),
-            "num_classes": self.num_classes,
-            "input_size": (3, self.height, self.width),
-            "mean": (DIGITS_MEAN,) * 3,
-            "std": (DIGITS_STD,) * 3,
-            "interpolation": "bilinear",
-            "normalisation": "digits train-split mean/std (recorded); the data config's mean/std are ignored",
-            "augment": self.augment,
-            "seed": self.seed,
-        }
-
-    def reseed(self, seed: int) -> None:
-        """Restart the augmentation RNG (make_loader calls this in each worker process)."""
-        self._gen.manual_seed(int(seed) % (2**63))
-
-    def __len__(self) -> int:
-        return len(self.labels)
+        idx = digits_split_indices(split)
+        super().__init__(split, torch.from_numpy(images[idx]), torch.from_numpy(labels[idx]),  # [N, 8, 8] in [0, 1]
+                         DIGITS_CLASSES, input_size, augment, seed)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         img = self.images[index]

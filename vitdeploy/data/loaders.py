@@ -9,9 +9,10 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from vitdeploy import distributed
 
-from vitdeploy.data.digits import DIGITS_NUM_CLASSES, load_digits_dataset
+from vitdeploy.data.digits import DIGITS_NUM_CLASSES, digits_data_config, load_digits_dataset
+from vitdeploy.data.fashion import FASHION_NUM_CLASSES, fashion_data_config, load_fashion_dataset
 from vitdeploy.data.folder import ImageFolderDataset, imagefolder_classes
-from vitdeploy.data.specs import DataSpec, check_split, parse_data_spec
+from vitdeploy.data.specs import DataSpec, check_split, parse_data_spec, splits_of
 from vitdeploy.errors import DataError
 
 
@@ -22,15 +23,19 @@ def load_dataset(
     augment: bool = False,
     seed: int = 0,
 ) -> Dataset:
-    """The `split` ("train" | "val") of the dataset named by `spec`, preprocessed for `data_config`.
+    """The `split` ("train" | "val", and "test" for fashion-mnist) of the dataset named by `spec`, preprocessed for
+    `data_config`.
 
     The result has .num_classes, .classes and .info; items are (float32 [3, H, W] normalised image, int label).
-    Augmentation applies to the train split only. Digits uses its own recorded mean/std, imagefolder the config's.
+    Augmentation applies to the train split only. Digits and fashion-mnist use their own recorded mean/std
+    (see dataset_data_config), imagefolder the config's.
     """
     spec = parse_data_spec(spec)
-    check_split(split)
+    check_split(split, splits_of(spec))
     if spec.kind == "digits":
         return load_digits_dataset(split, data_config, augment=augment, seed=seed)
+    if spec.kind == "fashion-mnist":
+        return load_fashion_dataset(split, data_config, augment=augment, seed=seed, path=spec.path)
     if data_config is None:
         raise DataError("imagefolder data needs the model's data config (input_size, mean, std, ...)")
     return ImageFolderDataset(spec.path, split, data_config, augment=augment)
@@ -41,7 +46,20 @@ def dataset_num_classes(spec: str | DataSpec, data_config: Mapping[str, Any] | N
     spec = parse_data_spec(spec)
     if spec.kind == "digits":
         return DIGITS_NUM_CLASSES
+    if spec.kind == "fashion-mnist":
+        return FASHION_NUM_CLASSES
     return len(imagefolder_classes(spec.path))
+
+
+def dataset_data_config(spec: str | DataSpec, input_size: tuple[int, int, int]) -> dict[str, Any] | None:
+    """The data config (input size, recorded mean/std, ...) of a dataset that carries its own normalisation
+    (digits, fashion-mnist), at `input_size`; None for datasets that take the model's config (imagefolder)."""
+    kind = parse_data_spec(spec).kind
+    if kind == "digits":
+        return digits_data_config(input_size)
+    if kind == "fashion-mnist":
+        return fashion_data_config(input_size)
+    return None
 
 
 def _is_int(value: Any) -> bool:

@@ -45,12 +45,12 @@ def infer_model_shapes(model: onnx.ModelProto, inplace: bool = False) -> onnx.Mo
     2 GiB limit work too; the inferred value_info is copied back onto a copy of `model`, or onto `model` itself with
     `inplace` (for a model that is about to be dropped anyway: saves a copy of the weights).
     """
-    from vitdeploy.deploy.onnx_export import _copy_fields
+    from vitdeploy.deploy.onnx_export import copy_fields
 
     # `light` is built field by field so the weights are never copied into it: it has only the small initializers.
     light = onnx.ModelProto()
-    _copy_fields(model, light, skip="graph")
-    _copy_fields(model.graph, light.graph, skip="initializer")
+    copy_fields(model, light, skip="graph")
+    copy_fields(model.graph, light.graph, skip="initializer")
     for t in model.graph.initializer:
         if _tensor_nbytes(t) > _SHAPE_INFERENCE_INLINE_BYTES:
             light.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))

@@ -129,7 +129,7 @@ def write_onnx(model_proto: onnx.ModelProto, path: str | os.PathLike, external_d
     return [path, data_path]
 
 
-def _copy_fields(src: Any, dst: Any, skip: str) -> None:
+def copy_fields(src: Any, dst: Any, skip: str) -> None:
     """Copy every set field of protobuf message `src` but `skip` into `dst` (one level: the rest is copied whole)."""
     for fd, value in src.ListFields():
         if fd.name == skip:
@@ -151,8 +151,8 @@ def save_with_external_data(model_proto: onnx.ModelProto, path: str | os.PathLik
     rebuilt around tensor stubs and the weights are streamed to the data file one tensor at a time."""
     path = Path(path)
     light = onnx.ModelProto()
-    _copy_fields(model_proto, light, skip="graph")
-    _copy_fields(model_proto.graph, light.graph, skip="initializer")
+    copy_fields(model_proto, light, skip="graph")
+    copy_fields(model_proto.graph, light.graph, skip="initializer")
     offset = 0
     with open(path.parent / data_name, "wb") as f:
         for t in model_proto.graph.initializer:
@@ -160,7 +160,7 @@ def save_with_external_data(model_proto: onnx.ModelProto, path: str | os.PathLik
                 light.graph.initializer.append(t)  # small or not raw: stays inline (a copy of a small tensor)
                 continue
             stub = light.graph.initializer.add()
-            _copy_fields(t, stub, skip="raw_data")
+            copy_fields(t, stub, skip="raw_data")
             pad = -offset % align
             f.write(b"\0" * pad)
             offset += pad
@@ -182,6 +182,19 @@ def _scratch_dir(beside: Path) -> Iterator[Path]:
     beside.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{beside.name}.", suffix=".export", dir=beside.parent) as d:
         yield Path(d)
+
+
+@contextlib.contextmanager
+def scratch_graph(model: onnx.ModelProto, folder: Path, name: str) -> Iterator[Path]:
+    """An in-memory graph written to `folder/name` for as long as the block runs (onnxruntime and graphs over
+    protobuf's 2 GiB limit need a file), then deleted with its external data."""
+    path = Path(folder) / name
+    write_onnx(model, path)
+    try:
+        yield path
+    finally:
+        for p in Path(folder).glob(f"{name}*"):
+            p.unlink()
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -247,7 +260,7 @@ def _trace_to_file(model: torch.nn.Module, example: torch.Tensor, out: Path, ops
 
 
 # ----------------------------------------------------------------------------------------------- summary
-def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
+def value_dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
     dims: list[int | str | None] = []
     for d in value_info.type.tensor_type.shape.dim:
         if d.HasField("dim_value"):
@@ -268,8 +281,8 @@ def onnx_summary(path: str | Path) -> dict[str, Any]:
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     ops = collections.Counter(n.op_type for n in proto.graph.node)
     init_names = {t.name for t in proto.graph.initializer}
-    inputs = [{"name": v.name, "shape": _dims(v)} for v in proto.graph.input if v.name not in init_names]
-    outputs = [{"name": v.name, "shape": _dims(v)} for v in proto.graph.output]
+    inputs = [{"name": v.name, "shape": value_dims(v)} for v in proto.graph.input if v.name not in init_names]
+    outputs = [{"name": v.name, "shape": value_dims(v)} for v in proto.graph.output]
     first = inputs[0]["shape"] if inputs and inputs[0]["shape"] else [None]
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
     return {
@@ -292,8 +305,9 @@ def parity(model: torch.nn.Module, onnx_path: str | Path, inputs: np.ndarray, th
     Returns max/mean absolute difference, mean per-sample cosine, top-1 agreement and n. Inputs are run in
     chunks of `batch_size` (or the file's fixed batch, padding the last chunk).
     """
-    from vitdeploy.bench.accuracy import compare_logits, infer_in_range
-    from vitdeploy.bench.runners import OrtRunner, TorchRunner
+    from vitdeploy.runtime.compare import compare_logits, infer_in_range
+    from vitdeploy.runtime.onnxrt import OrtRunner
+    from vitdeploy.runtime.torch import TorchRunner
 
     x = np.ascontiguousarray(np.asarray(inputs, dtype=np.float32))
     if x.ndim != 4 or len(x) == 0:

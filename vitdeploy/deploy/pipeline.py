@@ -19,31 +19,22 @@ import numpy as np
 import onnx
 import torch
 
-from vitdeploy.bench.accuracy import infer_in_range
 from vitdeploy.data import calibration_subset, load_dataset
 from vitdeploy.deploy.fp16 import IO_DTYPES, build_fp16
 from vitdeploy.deploy.graph import clean_graph
 from vitdeploy.deploy.int8 import DEFAULT_CALIB_IMAGES, Int8Config, quantize_int8
-from vitdeploy.deploy.onnx_export import export_onnx, onnx_summary
+from vitdeploy.deploy.onnx_export import export_onnx, onnx_summary, scratch_graph, write_onnx
 from vitdeploy.errors import DataError, VitDeployError
 from vitdeploy.io import atomic_write_json, sha256_file, staged_dir
 from vitdeploy.models import LoadedModel
 from vitdeploy.models.modeldir import json_ready
+from vitdeploy.precision import PRECISIONS, parse_precisions  # noqa: F401 (parse_precisions: part of this module's API)
 from vitdeploy.progress import make_progress
 from vitdeploy.provenance import provenance
+from vitdeploy.runtime.compare import compare_logits, infer_in_range
 
-PRECISIONS = ("fp32", "fp16", "int8")
 PARITY_IMAGES = 64
 PASS_CHECK_IMAGES = 16  # parity after each cleanup pass: enough to catch a pass that changes the function
-
-
-def parse_precisions(spec: str) -> list[str]:
-    names = list(dict.fromkeys(p.strip().lower() for p in spec.split(",") if p.strip()))
-    bad = [p for p in names if p not in PRECISIONS]
-    if not names or bad:
-        raise VitDeployError(f"unsupported precision {', '.join(map(repr, bad)) or repr(spec)}; "
-                             f"this build exports: {', '.join(PRECISIONS)}")
-    return names
 
 
 @dataclass
@@ -119,7 +110,7 @@ class Reference:
     """PyTorch FP32 logits on the parity inputs, computed once; every graph is measured against them on ORT CPU."""
 
     def __init__(self, model: torch.nn.Module, x: np.ndarray, scratch: Path) -> None:
-        from vitdeploy.bench.runners import TorchRunner
+        from vitdeploy.runtime.torch import TorchRunner
         from vitdeploy.deploy.onnx_export import cpu_fp32_model
 
         self.x, self.scratch = np.ascontiguousarray(x, dtype=np.float32), scratch
@@ -127,44 +118,27 @@ class Reference:
             self.logits = infer_in_range(tr, self.x, 32)
 
     def logits_of(self, path: Path, n: Optional[int] = None) -> np.ndarray:
-        from vitdeploy.bench.runners import OrtRunner
+        from vitdeploy.runtime.onnxrt import OrtRunner
 
         x = self.x[:n] if n else self.x
         with OrtRunner(path, provider="cpu") as r:
             return infer_in_range(r, x, 32)
 
     def parity(self, path: Path, n: Optional[int] = None) -> dict:
-        from vitdeploy.bench.accuracy import compare_logits
-
         got = self.logits_of(path, n)
         return compare_logits(got, self.logits[:len(got)])
 
     def parity_of_model(self, model: onnx.ModelProto, n: Optional[int] = None) -> dict:
-        """Parity of an in-memory graph (written to the scratch folder first: ORT and >2 GB models need a file)."""
-        from vitdeploy.deploy.onnx_export import write_onnx
-
-        path = self.scratch / "check.onnx"
-        write_onnx(model, path)
-        try:
+        """Parity of an in-memory graph (written to the scratch folder while it runs)."""
+        with scratch_graph(model, self.scratch, "check.onnx") as path:
             return self.parity(path, n)
-        finally:
-            for p in self.scratch.glob("check.onnx*"):
-                p.unlink()
 
 
 def _agreement(ref_logits: np.ndarray, reference: Reference) -> Callable[[onnx.ModelProto], dict]:
     """compare(model): how well a graph agrees with the clean FP32 graph's logits (the FP16 sensitivity target)."""
-    from vitdeploy.bench.accuracy import compare_logits
-    from vitdeploy.deploy.onnx_export import write_onnx
-
     def compare(model: onnx.ModelProto) -> dict:
-        path = reference.scratch / "candidate.onnx"
-        write_onnx(model, path)
-        try:
+        with scratch_graph(model, reference.scratch, "candidate.onnx") as path:
             return compare_logits(reference.logits_of(path), ref_logits)
-        finally:
-            for p in reference.scratch.glob("candidate.onnx*"):
-                p.unlink()
 
     return compare
 
@@ -245,8 +219,6 @@ def run_export(loaded: LoadedModel, out: Path, cfg: ExportConfig) -> dict:
 def _write_graphs(stage: Path, clean: onnx.ModelProto, precisions: list[str], cfg: ExportConfig, ref: Reference,
                   calib: Optional[tuple[np.ndarray, dict]], report: dict, step: Callable[[str], None]) -> list[dict]:
     """Build, write and measure each requested graph; fills report["artifacts"], ["fp16"], ["int8"]."""
-    from vitdeploy.deploy.onnx_export import write_onnx
-
     graphs: list[dict] = []
     fp32_logits: Optional[np.ndarray] = None
     for precision in PRECISIONS:
@@ -275,11 +247,8 @@ def _write_graphs(stage: Path, clean: onnx.ModelProto, precisions: list[str], cf
 
 def _agreement_base(clean: onnx.ModelProto, ref: Reference) -> np.ndarray:
     """Logits of the clean FP32 graph on ORT: what the FP16 graph must agree with."""
-    from vitdeploy.deploy.onnx_export import write_onnx
-
-    path = ref.scratch / "fp32.onnx"
-    write_onnx(clean, path)
-    return ref.logits_of(path)
+    with scratch_graph(clean, ref.scratch, "fp32.onnx") as path:
+        return ref.logits_of(path)
 
 
 def _deploy_extras(stage: Path, graphs: list[dict], target: Any, loaded: LoadedModel) -> dict:

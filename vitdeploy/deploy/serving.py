@@ -16,8 +16,9 @@ from typing import Any, Optional
 import onnx
 
 from vitdeploy import __version__
-from vitdeploy.deploy.onnx_export import _dims
-from vitdeploy.deploy.targets import PRECISIONS, Target
+from vitdeploy.deploy.onnx_export import value_dims
+from vitdeploy.deploy.targets import Target
+from vitdeploy.precision import PRECISIONS
 from vitdeploy.deploy.tensorrt_build import (MISSING_HINT, build_engine, dla_core_for, gpu_matches, import_tensorrt,
                                              local_gpu, timing_cache_name, trt_major)
 from vitdeploy.deploy.trtexec import EngineJob, engine_jobs, render_script
@@ -51,7 +52,7 @@ def read_graph_io(path: Path, chw: tuple[int, int, int], num_classes: int) -> Gr
     if len(inputs) != 1 or len(outputs) != 1:
         raise VitDeployError(f"{path.name}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
     (inp,), (out,) = inputs, outputs
-    in_dims, out_dims = _dims(inp), _dims(out)
+    in_dims, out_dims = value_dims(inp), value_dims(out)
     if len(in_dims) != 4 or in_dims[1:] != list(chw):
         raise VitDeployError(f"{path.name}: input '{inp.name}' has shape {in_dims}, "
                              f"expected [batch, {', '.join(map(str, chw))}]")
@@ -168,27 +169,14 @@ def _check_graphs(stage: Path, graphs: list[dict], chw: tuple[int, int, int], nu
     return ios
 
 
-def write_deploy_extras(stage: Path, graphs: list[dict], target: Target, input_size: tuple[int, int, int],
-                        num_classes: int, model_name: str) -> dict:
-    """Engines (where possible here), build_engines.sh and triton/ in `stage`, for the graphs already written there.
-
-    `graphs`: [{"file": "model.fp16.onnx", "precision": "fp16"}, ...]. Returns the record for export.json.
-    """
-    stage, chw = Path(stage), tuple(int(d) for d in input_size)
+def _triton_repository(stage: Path, graphs: list[dict], ios: list[GraphIO], jobs: list[EngineJob], built: dict,
+                       target: Target, chw: tuple[int, int, int], num_classes: int,
+                       model_name: str) -> tuple[list[dict], list[tuple[str, str, str]]]:
+    """triton/ in `stage`: one model per graph, served from its engine where it was built here, else from the ONNX
+    graph on onnxruntime. Returns the models' records and, for build_engines.sh, (engine, model folder, the
+    tensorrt_plan config that replaces the ONNX one once the engine is built on the device)."""
     base = safe_model_name(model_name)
-    ios = _check_graphs(stage, graphs, chw, num_classes)  # type: ignore[arg-type]
-    io = ios[0]
-    jobs = engine_jobs(graphs, target, io.static_batch)
-
-    status = tensorrt_here()
-    gpu = local_gpu() if status["available"] else (None, None)
-    reason = why_not_build_here(status, target, gpu[0])
-    engines = _build_here(stage, jobs, target, chw, io, status["version"], gpu) if reason is None else []
-    built = {e["file"]: e for e in engines if "error" not in e}
-    if reason is None and not built:
-        reason = "every TensorRT build failed; see engines[].error"
-
-    serve_profile = target.serving_profile if io.static_batch is None else None
+    serve_profile = target.serving_profile if ios[0].static_batch is None else None
     models, plans = [], []
     for g, gio in zip(graphs, ios):
         name, precision = f"{base}_{g['precision']}", g["precision"]
@@ -207,6 +195,29 @@ def write_deploy_extras(stage: Path, graphs: list[dict], target: Target, input_s
         write_model(stage / TRITON_DIR, model, stage / source, f"{note}, from {source}")
         models.append({"name": name, "precision": precision, "platform": model.platform, "source": source,
                        "max_batch_size": model.max_batch_size, "config": f"{TRITON_DIR}/{name}/config.pbtxt"})
+    return models, plans
+
+
+def write_deploy_extras(stage: Path, graphs: list[dict], target: Target, input_size: tuple[int, int, int],
+                        num_classes: int, model_name: str) -> dict:
+    """Engines (where possible here), build_engines.sh and triton/ in `stage`, for the graphs already written there.
+
+    `graphs`: [{"file": "model.fp16.onnx", "precision": "fp16"}, ...]. Returns the record for export.json.
+    """
+    stage, chw = Path(stage), tuple(int(d) for d in input_size)
+    ios = _check_graphs(stage, graphs, chw, num_classes)  # type: ignore[arg-type]
+    io = ios[0]
+    jobs = engine_jobs(graphs, target, io.static_batch)
+
+    status = tensorrt_here()
+    gpu = local_gpu() if status["available"] else (None, None)
+    reason = why_not_build_here(status, target, gpu[0])
+    engines = _build_here(stage, jobs, target, chw, io, status["version"], gpu) if reason is None else []
+    built = {e["file"]: e for e in engines if "error" not in e}
+    if reason is None and not built:
+        reason = "every TensorRT build failed; see engines[].error"
+
+    models, plans = _triton_repository(stage, graphs, ios, jobs, built, target, chw, num_classes, model_name)
 
     header = (f"Written by vitdeploy {__version__} for {model_name}, target '{target.name}': {target.description}\n"
               "Builds TensorRT engines from the ONNX graphs beside it, on the device that will run them:\n"

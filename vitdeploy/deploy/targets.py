@@ -3,26 +3,22 @@
 A target says which precisions are deployed by default, the batch profiles (min/opt/max) that TensorRT engines are
 built for, the builder workspace and optimisation level, the DLA core (Jetson AGX Orin), and which TensorRT major
 versions the device runs (JetPack 6 ships TensorRT 10; data-center containers run 10 or 11). Packaged targets live in
-`export/` and ship as `vitdeploy.export`; a path to a user's own YAML works too. Unknown keys, wrong types and values
+`export/` and ship as `vitdeploy.targets`; a path to a user's own YAML works too. Unknown keys, wrong types and values
 that cannot work on the device are errors naming the key.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import re
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
-from vitdeploy.compress.recipe import spec
-from vitdeploy.errors import RecipeError
+from vitdeploy import schema
+from vitdeploy.errors import TargetError
+from vitdeploy.precision import PRECISIONS
+from vitdeploy.schema import Style, spec
 
 DEVICES = ("cpu", "jetson", "datacenter")
-PRECISIONS = ("fp32", "fp16", "int8")
 TENSORRT_MAJORS = ("10", "11")
 PROFILE_KEYS = ("name", "min", "opt", "max")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")  # profile names end up in file names
@@ -35,13 +31,14 @@ class Target:
     device: str = spec("datacenter", choices=DEVICES, doc="what runs the model: cpu, jetson or datacenter")
     precisions: list = spec(["fp32", "fp16", "int8"], choices=PRECISIONS,
                             doc="precisions exported when --precision is not given")
-    profiles: list = spec([{"name": "b1", "min": 1, "opt": 1, "max": 1}],
+    profiles: list = spec([{"name": "b1", "min": 1, "opt": 1, "max": 1}], check=lambda *a: _check_profiles(*a),
                           doc="batch profiles [{name, min, opt, max}]: one TensorRT engine per precision and profile")
     workspace_mib: int = spec(4096, lo=16, doc="TensorRT builder workspace pool, MiB")
     opt_level: int = spec(3, lo=0, hi=5, doc="TensorRT builder optimisation level (higher: slower build, faster engine)")
     dla_core: Optional[int] = spec(None, lo=0, doc="DLA core to build for (Jetson AGX Orin: 0 or 1); null: GPU only")
     gpu_fallback: bool = spec(False, doc="let layers the DLA cannot run fall back to the GPU (needs dla_core)")
-    tensorrt: list = spec(["10", "11"], choices=TENSORRT_MAJORS, doc="TensorRT major versions the device runs")
+    tensorrt: list = spec(["10", "11"], choices=TENSORRT_MAJORS, allow_empty=True, item=str,
+                          doc="TensorRT major versions the device runs")
     gpu_names: list = spec([], doc="parts of the GPU name this target is for; engines are only built on a match")
     max_batch_size: int = field(init=False, default=0)  # the largest profile max: Triton's max_batch_size
 
@@ -58,40 +55,25 @@ class Target:
 
 
 # ------------------------------------------------------------------------------------------- validation
-def _fail(label: str, key: str, problem: str) -> RecipeError:
-    return RecipeError(f"target {label}: '{key}' {problem}")
+PACKAGE = "vitdeploy.targets"
 
 
-def _check_field(label: str, key: str, value: Any, tp: Any, meta: dict) -> Any:
-    """Type, choices and bounds of one scalar or list field, from the `spec` metadata shared with recipes."""
-    if typing.get_origin(tp) is typing.Union:
-        if value is None:
-            return None
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    if tp is list and isinstance(value, list) and key == "tensorrt":
-        value = [str(v) for v in value]  # YAML reads `[10, 11]` as ints
-    names = {int: "an integer", str: "a string", bool: "true or false", list: "a list"}
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise _fail(label, key, f"must be {names.get(tp, tp)}, got {value!r}")
-    choices = meta.get("choices")
-    if choices:
-        for v in value if isinstance(value, list) else [value]:
-            if v not in choices:
-                raise _fail(label, key, f"must be one of {', '.join(choices)}; got {v!r}")
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if lo is not None and value < lo:
-        raise _fail(label, key, f"must be >= {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise _fail(label, key, f"must be <= {hi}, got {value}")
-    return value
+def _style(label: str) -> Style:
+    return Style(TargetError, "target", label)
 
 
-def _check_profiles(label: str, profiles: list) -> list[dict]:
+def _fail(label: str, key: str, problem: str) -> TargetError:
+    return _style(label).fail(key, problem)
+
+
+def _check_profiles(style: Style, field_key: str, profiles: list) -> list[dict]:
+    """The `check` of the profiles field: each a {name, min, opt, max} mapping with 1 <= min <= opt <= max."""
+    label = style.label
     if not profiles:
-        raise _fail(label, "profiles", "must list at least one {name, min, opt, max} profile")
+        raise _fail(label, field_key, "must list at least one {name, min, opt, max} profile")
     out = []
     for i, p in enumerate(profiles):
-        key = f"profiles[{i}]"
+        key = f"{field_key}[{i}]"
         if not isinstance(p, dict):
             raise _fail(label, key, f"must be a mapping with keys {', '.join(PROFILE_KEYS)}, got {p!r}")
         unknown = [k for k in p if k not in PROFILE_KEYS]
@@ -143,46 +125,17 @@ def _check_target(label: str, t: Target) -> Target:
 
 def target_from_dict(data: Any, label: str) -> Target:
     """Validate a raw mapping (from YAML) into a Target; `label` names it in errors."""
-    if not isinstance(data, dict):
-        raise RecipeError(f"target {label} must be a YAML mapping at the top level")
-    hints = typing.get_type_hints(Target)
-    fields = {f.name: f for f in dataclasses.fields(Target) if f.init}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        raise RecipeError(f"target {label}: unknown key '{unknown[0]}' (known: {', '.join(fields)})")
-    kwargs = {k: _check_field(label, k, v, hints[k], dict(fields[k].metadata)) for k, v in data.items()}
-    if "profiles" in kwargs:
-        kwargs["profiles"] = _check_profiles(label, kwargs["profiles"])
-    return _check_target(label, Target(**kwargs))
+    return _check_target(label, schema.build(_style(label), Target, data))
 
 
 # ------------------------------------------------------------------------------------------------ loading
 def available_targets() -> list[str]:
-    root = importlib.resources.files("vitdeploy.export")
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+    return schema.packaged(PACKAGE)
 
 
 def load_target(name_or_path: str) -> Target:
     """A packaged target by name (`jetson-orin-nano`) or a YAML file path, validated."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder named like a target is not one
-        if not path.is_file():
-            raise RecipeError(f"target file '{path}' does not exist")
-        source: Any = path
-        label = f"'{path}'"
-    else:
-        source = importlib.resources.files("vitdeploy.export") / f"{name_or_path}.yaml"
-        if not source.is_file():
-            raise RecipeError(f"unknown target '{name_or_path}' (packaged: {', '.join(available_targets())}; "
-                              f"or pass a YAML path)")
-        label = f"'{name_or_path}'"
-    try:
-        data = yaml.safe_load(source.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"target {label} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    data = {} if data is None else data
-    if isinstance(data, dict):
-        data.setdefault("name", path.stem)
-    return target_from_dict(data, label)
+    style = _style(f"'{name_or_path}'")
+    data, _, name = schema.load(name_or_path, PACKAGE, style)
+    data.setdefault("name", name)
+    return target_from_dict(data, style.label)

@@ -22,6 +22,8 @@ from typing import Any, Optional
 from vitdeploy.deploy.targets import Target
 from vitdeploy.errors import BackendError
 from vitdeploy.io import atomic_write_bytes, atomic_write_json, sha256_file
+from vitdeploy.precision import PRECISIONS
+from vitdeploy.runtime import trt as runtime_trt
 
 MISSING_HINT = "build_engines.sh has the trtexec commands to build on the device"
 # Layer and tactic names TensorRT gives a fused multi-head attention kernel: `_gemm_mha_v2_myl0_17` with tactic
@@ -54,8 +56,8 @@ def build_settings(major: int, precision: str, target: Target) -> dict[str, Any]
     - TensorRT 10, DLA: the DLA runs FP16 and INT8 only, chosen by the precision flags on this version; an fp32 graph
       is built for the GPU.
     """
-    if precision not in ("fp32", "fp16", "int8"):
-        raise BackendError(f"unknown precision {precision!r} for a TensorRT build (fp32, fp16, int8)")
+    if precision not in PRECISIONS:
+        raise BackendError(f"unknown precision {precision!r} for a TensorRT build ({', '.join(PRECISIONS)})")
     if major < 10:
         raise BackendError(f"TensorRT {major} is too old: vitdeploy builds engines with TensorRT 10 or 11")
     dla = dla_core_for(precision, target)
@@ -122,12 +124,9 @@ def summarize_layers(info: dict) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ TensorRT
 def import_tensorrt() -> Any:
-    """The tensorrt module, or a one-line BackendError saying it is missing and where the commands are."""
-    try:
-        import tensorrt
-    except Exception as e:  # ImportError, or a broken install failing to load its libraries
-        raise BackendError(f"TensorRT is not installed here (import tensorrt failed: {e}); {MISSING_HINT}") from None
-    return tensorrt
+    """The tensorrt module (through the runtime's one import), or a one-line BackendError saying it is missing and
+    where the build commands are."""
+    return runtime_trt.import_tensorrt(hint=MISSING_HINT)
 
 
 def local_gpu() -> tuple[Optional[str], Optional[tuple[int, int]]]:
@@ -163,29 +162,23 @@ def _first_line(messages: list[str], fallback: str) -> str:
     return text.splitlines()[0] + more
 
 
-def build_engine(onnx_path: Path, engine_path: Path, precision: str, profile: dict, target: Target,
-                 chw: tuple[int, int, int], input_name: str = "input", static_batch: Optional[int] = None,
-                 timing_cache: Optional[Path] = None, layer_info_path: Optional[Path] = None) -> dict[str, Any]:
-    """Build and write one engine for `profile` ({name, min, opt, max} batch sizes) and inspect it.
-
-    The timing cache at `timing_cache` is read when present and written back with this build's timings. Returns
-    the engine's record for export.json (file, size, settings, layer summary). Parser and build failures raise a
-    one-line BackendError.
-    """
-    trt = import_tensorrt()
-    major = trt_major(trt.__version__)
-    settings = build_settings(major, precision, target)
-    logger = _logger(trt)
-    builder = trt.Builder(logger)
+def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool, major: int) -> tuple[Any, Any]:
+    """The network parsed from the ONNX file (from the file, so external weights beside it are found), and the
+    parser, which must outlive the build: it owns the weights the network points at."""
     flags = 0
-    if settings["strongly_typed"] and major == 10:  # always on (and the flag ignored) from 11
+    if strongly_typed and major == 10:  # always on (and the flag ignored) from 11
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):  # from a file, so external weights beside it are found
+    if not parser.parse_from_file(str(onnx_path)):
         errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
         raise BackendError(f"TensorRT could not parse {onnx_path.name}: {_first_line(errors, 'unknown parser error')}")
+    return network, parser
 
+
+def _builder_config(trt: Any, builder: Any, settings: dict, target: Target, profile: dict, chw: tuple[int, int, int],
+                    input_name: str, static_batch: Optional[int], timing_cache: Optional[Path]) -> Any:
+    """Workspace, optimisation level, precision flags, DLA core, the batch profile and the timing cache."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(target.workspace_mib) << 20)
     config.builder_optimization_level = int(target.opt_level)
@@ -204,6 +197,25 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, profile: di
     if timing_cache is not None:
         cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
         config.set_timing_cache(cache, False)
+    return config
+
+
+def build_engine(onnx_path: Path, engine_path: Path, precision: str, profile: dict, target: Target,
+                 chw: tuple[int, int, int], input_name: str = "input", static_batch: Optional[int] = None,
+                 timing_cache: Optional[Path] = None, layer_info_path: Optional[Path] = None) -> dict[str, Any]:
+    """Build and write one engine for `profile` ({name, min, opt, max} batch sizes) and inspect it.
+
+    The timing cache at `timing_cache` is read when present and written back with this build's timings. Returns
+    the engine's record for export.json (file, size, settings, layer summary). Parser and build failures raise a
+    one-line BackendError.
+    """
+    trt = import_tensorrt()
+    major = trt_major(trt.__version__)
+    settings = build_settings(major, precision, target)
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    network, _parser = _parse(trt, builder, logger, onnx_path, settings["strongly_typed"], major)  # parser owns the weights
+    config = _builder_config(trt, builder, settings, target, profile, chw, input_name, static_batch, timing_cache)
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:

@@ -13,6 +13,7 @@ from vitdeploy.errors import CheckpointError, ModelError
 from vitdeploy.io import sha256_file
 from vitdeploy.models import modeldir
 from vitdeploy.models.arch import ArchSpec, build, create_base, describe
+from vitdeploy.models.stem import input_channels
 
 _CKPT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
 
@@ -37,7 +38,7 @@ class LoadedModel:
 def default_data_config(model: nn.Module) -> dict:
     """timm's data config, with the input size the model was actually built for (timm reports the pretrained one)."""
     cfg = timm.data.resolve_data_config({}, model=model)
-    cfg["input_size"] = (model.patch_embed.proj.in_channels, *model.patch_embed.img_size)
+    cfg["input_size"] = (input_channels(model), *model.patch_embed.img_size)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 

@@ -207,7 +207,7 @@ class PrunedMlp(nn.Module):
 # Slicing: build a smaller module that keeps chosen dims of an existing one, weights copied exactly.
 
 
-def _dense_weight(layer: nn.Module) -> torch.Tensor:
+def dense_weight(layer: nn.Module) -> torch.Tensor:
     if isinstance(layer, nn.Linear):
         return layer.weight.detach()
     if isinstance(layer, LowRankLinear):
@@ -285,8 +285,8 @@ def slice_attention(
     rows = torch.cat([q_rows, k_rows, v_rows])
     local_in, _ = _compose_in(attn, in_idx, dim)
 
-    w_qkv, b_qkv = _dense_weight(attn.qkv), _bias(attn.qkv)
-    w_proj, b_proj = _dense_weight(attn.proj), _bias(attn.proj)
+    w_qkv, b_qkv = dense_weight(attn.qkv), _bias(attn.qkv)
+    w_proj, b_proj = dense_weight(attn.proj), _bias(attn.proj)
     new = PrunedAttention(
         dim, len(heads_t), qk.shape[1], vv.shape[1], d["scale"], in_dim=len(local_in),
         qkv_bias=b_qkv is not None, proj_bias=b_proj is not None,
@@ -324,8 +324,8 @@ def slice_mlp(mlp: nn.Module, dim: int, hidden_idx: Index = None, in_idx: Index 
     """A PrunedMlp keeping hidden dims `hidden_idx` (fc1 rows, fc2 columns) and input dims `in_idx`."""
     if not isinstance(mlp, (Mlp, PrunedMlp)):
         raise TypeError(f"unsupported MLP module {type(mlp).__name__}")
-    w1, b1 = _dense_weight(mlp.fc1), _bias(mlp.fc1)
-    w2, b2 = _dense_weight(mlp.fc2), _bias(mlp.fc2)
+    w1, b1 = dense_weight(mlp.fc1), _bias(mlp.fc1)
+    w2, b2 = dense_weight(mlp.fc2), _bias(mlp.fc2)
     hid = _as_index(hidden_idx, w1.shape[0])
     local_in, full_in = _compose_in(mlp, in_idx, dim)
     new = PrunedMlp(

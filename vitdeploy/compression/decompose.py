@@ -33,7 +33,8 @@ import torch.nn as nn
 from timm.layers import Mlp
 from timm.layers.attention import Attention
 
-from vitdeploy.compress.recipe import DECOMPOSE_METHODS, DecomposeCfg
+from vitdeploy.compression.methods import DECOMPOSITIONS
+from vitdeploy.compression.recipe import DecomposeCfg
 from vitdeploy.errors import RecipeError
 from vitdeploy.models.surgery import LowRankLinear, slice_attention, slice_mlp
 
@@ -107,11 +108,12 @@ def _lu(w: torch.Tensor, r: int) -> Factors:
     return basis, down
 
 
-METHODS: dict[str, Callable[[torch.Tensor, int], Factors]] = {
+# the factor function of each row of the DECOMPOSITIONS table (compression/methods.py), in its order
+_FACTORS: dict[str, Callable[[torch.Tensor, int], Factors]] = {
     "svd": _svd, "qr-full": _qr("complete"), "qr-reduced": _qr("reduced"), "qr-pivoted": _qr_pivoted,
     "cod": _cod, "lu": _lu,
 }
-assert tuple(METHODS) == DECOMPOSE_METHODS
+METHODS: dict[str, Callable[[torch.Tensor, int], Factors]] = {name: _FACTORS[name] for name in DECOMPOSITIONS}
 
 
 def factor(weight: torch.Tensor, rank: int, method: str = "svd") -> Factors:

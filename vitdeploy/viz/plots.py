@@ -1,5 +1,6 @@
 """Report plots as PNG files (matplotlib, Agg: no display needed): accuracy against latency with the Pareto front,
-latency and throughput against batch size, and the dims a compressed model kept per block against the dense model.
+latency and throughput against batch size, the dims a compressed model kept per block against the dense model,
+and the two study plots (decomposition methods at equal ranks, the hybrid sweep's frontier).
 
 Each function takes plain data, writes one PNG atomically and returns its path.
 """
@@ -18,6 +19,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from vitdeploy.io import atomic_file  # noqa: E402
+from vitdeploy.viz.pareto import pareto_front  # noqa: E402
 
 _LINESTYLES = {"fp32": "-", "fp16": "--", "int8": ":", "fp16-autocast": "-."}
 _MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "fp16-autocast": "D"}
@@ -30,7 +32,7 @@ _KEPT_GROUPS = (  # (label, function of one block row) in the order the bars sta
 )
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     path = Path(path)
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
@@ -67,7 +69,7 @@ def plot_kept_dims(kept: list[dict], dense: list[dict] | None, path: Path, title
     ax.grid(axis="y", alpha=0.3, zorder=0)
     ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14),
               frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_accuracy_latency(points: list[dict], front: list[int], path: Path, title: str) -> Path:
@@ -110,7 +112,7 @@ def plot_accuracy_latency(points: list[dict], front: list[int], path: Path, titl
     ax.set_ylabel("top-1 (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_latency_vs_batch(series: dict[tuple[str, str, str], list[tuple[int, float, float]]], path: Path,
@@ -145,4 +147,61 @@ def plot_latency_vs_batch(series: dict[tuple[str, str, str], list[tuple[int, flo
         ax.grid(alpha=0.3)
     lat_ax.legend(fontsize=8)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def plot_study(rows: list[dict], short: dict[str, str], path: Path, title: str) -> Path:
+    """Top-1 before and after the fine-tune, one pair of bars per method, params under each name; the axis starts
+    a little below the lowest bar so differences of a point stay visible."""
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(rows) + 2), 4.2))
+    xs = range(len(rows))
+    vals_all = []
+    for off, key, label, color in ((-0.2, "top1_before_finetune", "before fine-tune", "0.7"),
+                                   (0.2, "top1_after_finetune", "after fine-tune", "tab:blue")):
+        vals = [100 * (r[key] or 0.0) for r in rows]
+        vals_all += vals
+        bars = ax.bar([x + off for x in xs], vals, 0.38, color=color, label=label, zorder=2)
+        for b, v in zip(bars, vals):
+            ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(list(xs), [f"{short.get(r['method'], r['label'])}\n{r['params'] / 1e6:.3f} M" for r in rows], fontsize=8)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_ylim(max(0.0, math.floor(min(vals_all)) - 3), min(100.0, max(vals_all)) + 1.5)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+    ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+    return save_figure(fig, path)
+
+
+def plot_frontier(rows: list[dict], n_eval: int, path: Path, title: str) -> Path:
+    """Top-1 after fine-tuning against params: hybrid and VTP points with their 95 % intervals, each series' frontier
+    (the best top-1 at or below each params count) as a staircase, and the dense model. Labels: r<rank ratio>/m<MLP rate>."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    styles = {"hybrid": ("tab:orange", "o"), "vtp": ("tab:blue", "s"), "dense": ("black", "*")}
+    right = max(r["params"] for r in rows if r["series"] != "dense") / 1e6
+    for series, (color, marker) in styles.items():
+        pts = [r for r in rows if r["series"] == series]
+        if not pts:
+            continue
+        xs = [r["params"] / 1e6 for r in pts]
+        ys = [100 * r["top1_after_finetune"] for r in pts]
+        err = [100 * 1.96 * math.sqrt(max(r["top1_after_finetune"] * (1 - r["top1_after_finetune"]), 1e-12) / n_eval)
+               for r in pts]
+        ax.errorbar(xs, ys, yerr=err, fmt="none", ecolor=color, alpha=0.35, capsize=3, zorder=1)
+        ax.scatter(xs, ys, s=140 if series == "dense" else 50, color=color, marker=marker, edgecolor="black",
+                   linewidth=0.6, zorder=3, label={"hybrid": "hybrid (low-rank attention + MLP pruning)",
+                                                  "vtp": "VTP alone", "dense": "dense"}[series])
+        if series != "dense":
+            front = pareto_front(list(zip(xs, ys)))  # the best top-1 at or below each params count
+            fy = [ys[i] for i in front]
+            ax.step([xs[i] for i in front] + [right], fy + fy[-1:], where="post", color=color, linestyle="--",
+                    linewidth=1, zorder=2)
+        for k, (r, x, y) in enumerate(sorted(zip(pts, xs, ys), key=lambda t: t[1])):
+            if series == "hybrid":  # alternate above/below so neighbours at equal params stay readable
+                ax.annotate(f"r{r['rank_ratio']:g}/m{r['mlp_rate']:g}", (x, y), fontsize=7,
+                            xytext=(4, 5 if k % 2 == 0 else -11), textcoords="offset points")
+    ax.set_xlabel("params (M)")
+    ax.set_ylabel("top-1 after fine-tuning (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return save_figure(fig, path)

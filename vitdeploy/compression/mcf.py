@@ -26,13 +26,14 @@ import torch.nn as nn
 from timm.layers import LayerScale
 from torch.utils.data import DataLoader
 
-from vitdeploy.compress.plan import BlockPlan, align_count, masked_copy, plan_to_dict
-from vitdeploy.compress.recipe import McfCfg, PruneCfg
-from vitdeploy.compress.train import fit
-from vitdeploy.compress.vtp import _top, _top_groups, magnitude_scores
+from vitdeploy.compression.context import CompressContext, MethodResult
+from vitdeploy.compression.plan import BlockPlan, align_count, masked_copy, plan_to_dict
+from vitdeploy.compression.recipe import McfCfg, PruneCfg
+from vitdeploy.compression.train import fit
+from vitdeploy.compression.vtp import magnitude_scores, top_groups, top_indices
 from vitdeploy.errors import VitDeployError
 from vitdeploy.models import count_macs, count_params
-from vitdeploy.models.surgery import IndexSelect, LowRankLinear, _dense_weight, slice_mlp
+from vitdeploy.models.surgery import IndexSelect, LowRankLinear, dense_weight, slice_mlp
 
 SiteScores = dict[str, torch.Tensor]  # "mlp_in" / "mlp_hidden" -> one score per current dim
 Scorer = Callable[[nn.Module, list[int]], dict[int, SiteScores]]
@@ -93,8 +94,8 @@ def fis_importance(model: nn.Module, images: Iterable[torch.Tensor], blocks: lis
             t = _token(args[0], model, cfg.token)  # B, D (LayerNorm-2 output)
             if isinstance(getattr(mlp, "in_select", None), IndexSelect):
                 t = mlp.in_select(t)  # B, D_in
-            w1, b1 = _dense_weight(mlp.fc1), mlp.fc1.bias
-            w2, b2 = _dense_weight(mlp.fc2), mlp.fc2.bias
+            w1, b1 = dense_weight(mlp.fc1), mlp.fc1.bias
+            w2, b2 = dense_weight(mlp.fc2), mlp.fc2.bias
             chunk = max(1, 2 ** 24 // w1.numel())
             c1, y, m1 = _marks(t, w1, b1, tau1, chunk)
             h = mlp.norm(mlp.act(y))  # B, hidden
@@ -224,13 +225,13 @@ def plan_counts(scores: dict[int, SiteScores], prune: PruneCfg, cfg: McfCfg) -> 
 def uniform_inputs(scores: dict[int, SiteScores], k: int) -> torch.Tensor:
     """The input dims every FFN keeps under the uniform rule: the k best by their importance summed over blocks."""
     total = sum(s["mlp_in"] for s in scores.values())
-    return torch.tensor(_top(total, k))
+    return torch.tensor(top_indices(total, k))
 
 
 def _pick(score: torch.Tensor, k: int, site: str, prune: PruneCfg) -> list[int]:
     """Kept dims: hidden dims by plain top-k (they are sliced out of the weights); per-layer input dims in aligned
     runs, so their gather moves blocks (see IndexSelect)."""
-    return _top(score, k) if site == "mlp_hidden" else _top_groups(score, k, prune.alignment)
+    return top_indices(score, k) if site == "mlp_hidden" else top_groups(score, k, prune.alignment)
 
 
 # ------------------------------------------------------------------------------------------------ scorers
@@ -331,7 +332,7 @@ def back_to_front(model: nn.Module, scorer: Scorer, prune: PruneCfg, cfg: McfCfg
     return model.eval(), plan, steps, xt
 
 
-def calibration_batches(ctx, cfg: McfCfg) -> Callable[[], Iterable[torch.Tensor]]:
+def calibration_batches(ctx: CompressContext, cfg: McfCfg) -> Callable[[], Iterable[torch.Tensor]]:
     """min(calib_images, train split) images of the train split without augmentation, drawn with the recipe seed."""
     from vitdeploy.data import calibration_subset, load_dataset
 
@@ -340,7 +341,7 @@ def calibration_batches(ctx, cfg: McfCfg) -> Callable[[], Iterable[torch.Tensor]
     return lambda: (x for x, _ in loader)
 
 
-def schedule_hooks(ctx) -> dict:
+def schedule_hooks(ctx: CompressContext) -> dict:
     """`measure` (params, MACs, top-1) and `recover` (recovery epochs with the finetune settings, distilled from the
     dense model when the recipe distils) for `back_to_front`, from a CompressContext."""
     recipe = ctx.recipe
@@ -357,9 +358,9 @@ def schedule_hooks(ctx) -> dict:
     return {"measure": measure, "recover": recover}
 
 
-def run_mcf(ctx) -> tuple[nn.Module, dict]:
-    """MCF on ctx.dense (left untouched): FIS importance from calibration images, the back-to-front structured cuts
-    with recovery epochs, the 'pruned' stage, and the details for compress.json."""
+def run(ctx: CompressContext) -> MethodResult:
+    """The MCF method (entry point in the method table), on ctx.dense (left untouched): FIS importance from
+    calibration images, the back-to-front structured cuts with recovery epochs, and the details for compress.json."""
     recipe = ctx.recipe
     cfg, prune = recipe.mcf, recipe.prune
     if ctx.data is None:
@@ -368,17 +369,16 @@ def run_mcf(ctx) -> tuple[nn.Module, dict]:
     scorer = fis_scorer(calibration_batches(ctx, cfg), cfg)
     x, inputs = ctx.sample()
     pruned, plan, steps, xt = back_to_front(ctx.dense, scorer, prune, cfg, sample=x, **schedule_hooks(ctx))
-    ctx.add_stage("pruned", pruned, recovery_epochs=cfg.recovery_epochs * len(steps))
     scored = sum(n for blk in ctx.dense.blocks for s, n in (("mlp_in", blk.mlp.fc1.in_features),
                                                              ("mlp_hidden", blk.mlp.fc1.out_features)) if s in prune.sites)
     kept = sum(len(getattr(bp, s)) for bp in plan for s in prune.sites if getattr(bp, s) is not None)
-    return pruned, {
-        "plan": plan_to_dict(plan),
-        "mcf": [dataclasses.asdict(s) for s in steps],
-        "x_transform": xt,
-        "calibration": {"images": min(cfg.calib_images, len(ctx.train_set)), "token": cfg.token},
-        "reduction": {"rate": prune.rate, "in_rate": _rates(prune, cfg).get("mlp_in"), "scored_dims": scored,
-                      "kept_dims": kept},
-        "equivalence": {"max_abs_diff": max(s.max_abs_diff for s in steps),
-                        "reference": "each FFN cut vs the same model with that FFN's dropped dims zeroed", "inputs": inputs},
-    }
+    return MethodResult(
+        model=pruned,
+        reduction={"rate": prune.rate, "in_rate": _rates(prune, cfg).get("mlp_in"), "scored_dims": scored,
+                   "kept_dims": kept},
+        equivalence={"max_abs_diff": max(s.max_abs_diff for s in steps),
+                     "reference": "each FFN cut vs the same model with that FFN's dropped dims zeroed", "inputs": inputs},
+        details={"plan": plan_to_dict(plan), "mcf": [dataclasses.asdict(s) for s in steps], "x_transform": xt,
+                 "calibration": {"images": min(cfg.calib_images, len(ctx.train_set)), "token": cfg.token}},
+        stage={"recovery_epochs": cfg.recovery_epochs * len(steps)},
+    )

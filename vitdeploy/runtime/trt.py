@@ -1,4 +1,5 @@
-"""TensorRT engines as a Runner: deserialise a .plan/.engine, bind I/O by tensor name (TensorRT 10/11 API) and run
+"""TensorRT in the runtime: the one `import_tensorrt` (engine building in `deploy/` imports TensorRT through it)
+and engines as a Runner: deserialise a .plan/.engine, bind I/O by tensor name (TensorRT 10/11 API) and run
 `execute_async_v3` on a CUDA stream.
 
 Device memory and the stream come from torch, which vitdeploy already depends on (its CUDA build), so running an
@@ -13,23 +14,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitdeploy.bench.runners import Runner, check_backend_available
 from vitdeploy.errors import BackendError, VitDeployError
+from vitdeploy.runtime.base import Runner
+from vitdeploy.runtime.torch import check_cuda
 
 ENGINE_SUFFIXES = (".plan", ".engine")
 
 
-def import_tensorrt() -> Any:
-    """The tensorrt module, or one BackendError line saying it is missing (placeholder wheels fail here too)."""
+RUN_HINT = ("install TensorRT (JetPack, an NGC container, or pip install 'vitdeploy[gpu]') or run the ONNX graph "
+            "with ort-cpu")
+
+
+def import_tensorrt(hint: str = RUN_HINT) -> Any:
+    """The tensorrt module, or one BackendError line saying it is missing, ending with `hint` (what to do instead).
+    The registry's placeholder wheels import but have no runtime: they fail here too."""
     try:
         import tensorrt as trt
 
         trt.Runtime  # noqa: B018 - the registry's placeholder packages import but have no runtime
     except Exception as e:  # ImportError, a missing libnvinfer (OSError), a placeholder's AttributeError
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BackendError("TensorRT engines need the 'tensorrt' Python package with its runtime, which is not "
-                           f"usable here ({detail}); install TensorRT (JetPack, an NGC container, or "
-                           "pip install 'vitdeploy[gpu]') or run the ONNX graph with ort-cpu") from None
+        raise BackendError(f"TensorRT is not installed here (import tensorrt failed: {detail}): the 'tensorrt' "
+                           f"package with its runtime is not usable here; {hint}") from None
     return trt
 
 
@@ -52,12 +58,12 @@ class TrtRunner(Runner):
 
     def __init__(self, engine_path: str | Path) -> None:
         super().__init__()
-        check_backend_available("trt")
+        self._trt = import_tensorrt()
+        check_cuda("trt")
         self.name = "trt"
         self.engine_path = Path(engine_path)
         if not self.engine_path.is_file():
             raise VitDeployError(f"engine file not found: {self.engine_path}")
-        self._trt = import_tensorrt()
         self._runtime = self._engine = self._context = self._stream = None
         self._input = ""
         self._outputs: list[str] = []

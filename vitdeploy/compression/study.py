@@ -17,22 +17,21 @@ from typing import Optional, Sequence
 
 import torch.nn as nn
 
-from vitdeploy.compress.decompose import METHODS, decompose_model, summarize
-from vitdeploy.compress.gates import attach_gates, detach_gates, fold_gates
-from vitdeploy.compress.pipeline import CompressContext, make_context, max_abs_diff, vtp_stage
-from vitdeploy.compress.plan import apply_plan
-from vitdeploy.compress.recipe import Recipe, TrainCfg
-from vitdeploy.compress.train import fit
-from vitdeploy.compress.vtp import Scores, plan_from_scores
+from vitdeploy.compression.context import CompressContext, make_context, max_abs_diff, run_method
+from vitdeploy.compression.decompose import decompose_model, summarize
+from vitdeploy.compression.methods import DECOMPOSITIONS
+from vitdeploy.compression.gates import attach_gates, detach_gates, fold_gates
+from vitdeploy.compression.plan import apply_plan
+from vitdeploy.compression.recipe import Recipe, TrainCfg
+from vitdeploy.compression.train import fit
+from vitdeploy.compression.vtp import Scores, plan_from_scores
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import atomic_write_json, atomic_write_text, staged_dir
 from vitdeploy.models import LoadedModel, count_macs, count_params
 from vitdeploy.provenance import provenance
 
-LABELS = {"vtp": "VTP", "svd": "VTP+SVD", "qr-full": "VTP+QR (full)", "qr-reduced": "VTP+QR (reduced)",
-          "qr-pivoted": "VTP+QR (column pivoting)", "cod": "VTP+QR (complete orthogonal)", "lu": "VTP+LU"}
-SHORT = {"vtp": "VTP", "svd": "+SVD", "qr-full": "+QR full", "qr-reduced": "+QR reduced", "qr-pivoted": "+QR pivoted",
-         "cod": "+COD", "lu": "+LU"}
+LABELS = {"vtp": "VTP"} | {d.name: d.label for d in DECOMPOSITIONS.values()}
+SHORT = {"vtp": "VTP"} | {d.name: d.short for d in DECOMPOSITIONS.values()}
 
 
 def _need_data(data: Optional[str], what: str) -> str:
@@ -67,13 +66,16 @@ def decomposition_study(loaded: LoadedModel, recipe: Recipe, data: str, out: Pat
     fine-tune. `recipe` supplies VTP (prune, sparsity), the layers and rank rule (decompose) and the fine-tune
     settings; `finetune_epochs` overrides the fine-tune length (None: the recipe's)."""
     _need_data(data, "the decomposition study")
-    methods = list(methods or METHODS)
-    unknown = [m for m in methods if m not in METHODS]
+    methods = list(DECOMPOSITIONS if methods is None else methods)
+    if not methods:
+        raise VitDeployError(f"no decomposition method given; known: {', '.join(DECOMPOSITIONS)}")
+    unknown = [m for m in methods if m not in DECOMPOSITIONS]
     if unknown:
-        raise VitDeployError(f"unknown decomposition method {unknown[0]!r}; known: {', '.join(METHODS)}")
+        raise VitDeployError(f"unknown decomposition method {unknown[0]!r}; known: {', '.join(DECOMPOSITIONS)}")
     ft = _finetune_cfg(recipe, finetune_epochs)
     ctx = make_context(loaded, recipe, data)
-    pruned, details = vtp_stage(ctx)
+    vtp_result = run_method(ctx)
+    pruned = vtp_result.model
     x, _ = ctx.sample()
     dense = ctx.stages[0]
     rows = [{"method": "dense", "label": "dense", "rank": None, "params": dense["params"], "macs": dense["macs"],
@@ -93,17 +95,19 @@ def decomposition_study(loaded: LoadedModel, recipe: Recipe, data: str, out: Pat
                "output_max_abs_diff": max_abs_diff(pruned, model, x), "top1_before_finetune": ctx.top1(model)}
         row["top1_after_finetune"] = _finetune(ctx, model, ft, f"fine-tune {method}")
         rows.append(row)
-    factored = [r for r in rows if r["method"] in METHODS]
+    factored = [r for r in rows if r["method"] in DECOMPOSITIONS]
     result = {
         "study": "decomposition", "model": loaded.source, "data": data, "recipe": recipe.to_dict(),
         "finetune_epochs": ft.epochs, "rank_rule": dataclasses.asdict(recipe.decompose) | {"method": "(each)"},
         "equal_params": len({(r["params"], r["macs"]) for r in factored}) <= 1,
-        "rows": rows, "layers": layers, "stages": ctx.stages, "plan": details["plan"],
+        "rows": rows, "layers": layers, "stages": ctx.stages, "plan": vtp_result.details["plan"],
         "provenance": provenance(source=loaded.source, data=data, recipe=recipe.name),
     }
+    from vitdeploy.viz.plots import plot_study  # here, not at the top: importing compress loads no matplotlib
+
     with staged_dir(out) as stage:
         atomic_write_text(stage / "study.md", _study_markdown(result))
-        result["plot"] = plot_study(rows, stage / "study.png", f"{recipe.name}: VTP + decomposition at equal ranks").name
+        result["plot"] = plot_study(rows, SHORT, stage / "study.png", f"{recipe.name}: VTP + decomposition at equal ranks").name
         atomic_write_json(stage / "study.json", result)
     return result
 
@@ -138,30 +142,6 @@ def _study_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_study(rows: list[dict], path: Path, title: str) -> Path:
-    """Top-1 before and after the fine-tune, one pair of bars per method, params under each name; the axis starts
-    a little below the lowest bar so differences of a point stay visible."""
-    from vitdeploy.bench.plots import _save, plt
-
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(rows) + 2), 4.2))
-    xs = range(len(rows))
-    vals_all = []
-    for off, key, label, color in ((-0.2, "top1_before_finetune", "before fine-tune", "0.7"),
-                                   (0.2, "top1_after_finetune", "after fine-tune", "tab:blue")):
-        vals = [100 * (r[key] or 0.0) for r in rows]
-        vals_all += vals
-        bars = ax.bar([x + off for x in xs], vals, 0.38, color=color, label=label, zorder=2)
-        for b, v in zip(bars, vals):
-            ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(list(xs), [f"{SHORT.get(r['method'], r['label'])}\n{r['params'] / 1e6:.3f} M" for r in rows], fontsize=8)
-    ax.set_ylabel("top-1 (%)")
-    ax.set_ylim(max(0.0, math.floor(min(vals_all)) - 3), min(100.0, max(vals_all)) + 1.5)
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3, zorder=0)
-    ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
-    return _save(fig, path)
-
-
 # -------------------------------------------------------------------------------------------- hybrid sweep
 def learned_scores(ctx: CompressContext, recipe: Recipe, desc: str) -> tuple[nn.Module, Scores]:
     """An ungated copy of the dense model and the scores of `recipe`'s sparsity phase at its prune sites."""
@@ -173,7 +153,7 @@ def learned_scores(ctx: CompressContext, recipe: Recipe, desc: str) -> tuple[nn.
 
 
 def prune_at(base: nn.Module, scores: Scores, recipe: Recipe, rate: float) -> nn.Module:
-    """`base` with the scores folded in and the plan at `rate` sliced out (what vtp_stage builds at that rate)."""
+    """`base` with the scores folded in and the plan at `rate` sliced out (what the VTP method builds at that rate)."""
     cfg = dataclasses.replace(recipe.prune, rate=rate)
     plan, _ = plan_from_scores(base, scores, cfg)
     model = copy.deepcopy(base)
@@ -193,6 +173,49 @@ def rate_for_params(base: nn.Module, scores: Scores, recipe: Recipe, target: int
     return round(best[1], 4)
 
 
+def _hybrid_rows(ctx: CompressContext, base: nn.Module, scores: Scores, recipe: Recipe, ranks: Sequence[float],
+                 rates: Sequence[float], ft: TrainCfg) -> list[dict]:
+    """One fine-tuned point per (MLP rate, attention rank ratio) of the hybrid recipe."""
+    rows = []
+    for rate in rates:
+        pruned = prune_at(base, scores, recipe, rate)
+        for ratio in ranks:
+            model = copy.deepcopy(pruned)
+            s = summarize(decompose_model(model, dataclasses.replace(recipe.decompose, rank_rule="ratio", ratio=ratio)))
+            row = {"series": "hybrid", "rank_ratio": ratio, "mlp_rate": rate, **_measure(ctx, model),
+                   "rank": {k: s[k] for k in ("rank_min", "rank_max", "factored_layers")},
+                   "top1_before_finetune": ctx.top1(model)}
+            row["top1_after_finetune"] = _finetune(ctx, model, ft, f"fine-tune hybrid r{ratio:g} m{rate:g}")
+            rows.append(row)
+    return rows
+
+
+def _matched_vtp_rows(ctx: CompressContext, base: nn.Module, scores: Scores, vtp_recipe: Recipe, hybrids: list[dict],
+                      ft: TrainCfg) -> dict[float, dict]:
+    """VTP alone at the rate whose params come closest to each hybrid point (one fine-tuned point per rate);
+    each hybrid row records its matched rate."""
+    vtp_rows: dict[float, dict] = {}
+    for h in hybrids:
+        rate = rate_for_params(base, scores, vtp_recipe, h["params"])
+        if rate not in vtp_rows:
+            model = prune_at(base, scores, vtp_recipe, rate)
+            vtp_rows[rate] = {"series": "vtp", "rate": rate, **_measure(ctx, model), "top1_before_finetune": ctx.top1(model),
+                              "top1_after_finetune": _finetune(ctx, model, ft, f"fine-tune vtp {rate:g}")}
+        h["matched_vtp_rate"] = rate
+    return vtp_rows
+
+
+def _pairs(hybrids: list[dict], vtp_rows: dict[float, dict]) -> list[dict]:
+    pairs = []
+    for h in hybrids:
+        v = vtp_rows[h["matched_vtp_rate"]]
+        pairs.append({"rank_ratio": h["rank_ratio"], "mlp_rate": h["mlp_rate"], "vtp_rate": h["matched_vtp_rate"],
+                      "hybrid_params": h["params"], "vtp_params": v["params"], "hybrid_top1": h["top1_after_finetune"],
+                      "vtp_top1": v["top1_after_finetune"],
+                      "hybrid_minus_vtp_points": round(100 * (h["top1_after_finetune"] - v["top1_after_finetune"]), 2)})
+    return pairs
+
+
 def hybrid_sweep(loaded: LoadedModel, recipe: Recipe, vtp_recipe: Recipe, data: str, out: Path,
                  ranks: Sequence[float], rates: Sequence[float], finetune_epochs: Optional[int] = None) -> dict:
     """Hybrid points (attention rank ratio × MLP pruning rate) and VTP-alone points at the params of each hybrid
@@ -208,40 +231,19 @@ def hybrid_sweep(loaded: LoadedModel, recipe: Recipe, vtp_recipe: Recipe, data: 
     base_v, scores_v = learned_scores(ctx, vtp_recipe, "sparsity (VTP sites)")
     rows = [{"series": "dense", "params": dense["params"], "macs": dense["macs"],
              "top1_before_finetune": dense["top1"], "top1_after_finetune": dense["top1"]}]
-    for rate in rates:
-        pruned = prune_at(base_h, scores_h, recipe, rate)
-        for ratio in ranks:
-            model = copy.deepcopy(pruned)
-            s = summarize(decompose_model(model, dataclasses.replace(recipe.decompose, rank_rule="ratio", ratio=ratio)))
-            row = {"series": "hybrid", "rank_ratio": ratio, "mlp_rate": rate, **_measure(ctx, model),
-                   "rank": {k: s[k] for k in ("rank_min", "rank_max", "factored_layers")},
-                   "top1_before_finetune": ctx.top1(model)}
-            row["top1_after_finetune"] = _finetune(ctx, model, ft, f"fine-tune hybrid r{ratio:g} m{rate:g}")
-            rows.append(row)
-    hybrids = [r for r in rows if r["series"] == "hybrid"]
-    vtp_rows: dict[float, dict] = {}
-    for h in hybrids:
-        rate = rate_for_params(base_v, scores_v, vtp_recipe, h["params"])
-        if rate not in vtp_rows:
-            model = prune_at(base_v, scores_v, vtp_recipe, rate)
-            vtp_rows[rate] = {"series": "vtp", "rate": rate, **_measure(ctx, model), "top1_before_finetune": ctx.top1(model),
-                              "top1_after_finetune": _finetune(ctx, model, ft, f"fine-tune vtp {rate:g}")}
-        h["matched_vtp_rate"] = rate
-    rows += list(vtp_rows.values())
+    hybrids = _hybrid_rows(ctx, base_h, scores_h, recipe, ranks, rates, ft)
+    vtp_rows = _matched_vtp_rows(ctx, base_v, scores_v, vtp_recipe, hybrids, ft)
+    rows += hybrids + list(vtp_rows.values())
     for r in rows:
         r["params_reduction"] = 1 - r["params"] / dense["params"]
-    pairs = [{"rank_ratio": h["rank_ratio"], "mlp_rate": h["mlp_rate"], "vtp_rate": h["matched_vtp_rate"],
-              "hybrid_params": h["params"], "vtp_params": vtp_rows[h["matched_vtp_rate"]]["params"],
-              "hybrid_top1": h["top1_after_finetune"], "vtp_top1": vtp_rows[h["matched_vtp_rate"]]["top1_after_finetune"]}
-             for h in hybrids]
-    for p in pairs:
-        p["hybrid_minus_vtp_points"] = round(100 * (p["hybrid_top1"] - p["vtp_top1"]), 2)
     result = {
         "study": "hybrid-sweep", "model": loaded.source, "data": data, "recipe": recipe.to_dict(),
         "vtp_recipe": vtp_recipe.to_dict(), "ranks": list(ranks), "rates": list(rates), "finetune_epochs": ft.epochs,
-        "val_images": len(ctx.val_loader.dataset), "rows": rows, "pairs": pairs,
+        "val_images": len(ctx.val_loader.dataset), "rows": rows, "pairs": _pairs(hybrids, vtp_rows),
         "provenance": provenance(source=loaded.source, data=data, recipe=recipe.name),
     }
+    from vitdeploy.viz.plots import plot_frontier  # here, not at the top: importing compress loads no matplotlib
+
     with staged_dir(out) as stage:
         atomic_write_text(stage / "sweep.md", _sweep_markdown(result))
         result["plot"] = plot_frontier(rows, result["val_images"], stage / "sweep.png",
@@ -274,39 +276,3 @@ def _sweep_markdown(r: dict) -> str:
     return "\n".join(lines + [""])
 
 
-def plot_frontier(rows: list[dict], n_eval: int, path: Path, title: str) -> Path:
-    """Top-1 after fine-tuning against params: hybrid and VTP points with their 95 % intervals, each series' frontier
-    (the best top-1 at or below each params count) as a staircase, and the dense model. Labels: r<rank ratio>/m<MLP rate>."""
-    from vitdeploy.bench.pareto import pareto_front
-    from vitdeploy.bench.plots import _save, plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    styles = {"hybrid": ("tab:orange", "o"), "vtp": ("tab:blue", "s"), "dense": ("black", "*")}
-    right = max(r["params"] for r in rows if r["series"] != "dense") / 1e6
-    for series, (color, marker) in styles.items():
-        pts = [r for r in rows if r["series"] == series]
-        if not pts:
-            continue
-        xs = [r["params"] / 1e6 for r in pts]
-        ys = [100 * r["top1_after_finetune"] for r in pts]
-        err = [100 * 1.96 * math.sqrt(max(r["top1_after_finetune"] * (1 - r["top1_after_finetune"]), 1e-12) / n_eval)
-               for r in pts]
-        ax.errorbar(xs, ys, yerr=err, fmt="none", ecolor=color, alpha=0.35, capsize=3, zorder=1)
-        ax.scatter(xs, ys, s=140 if series == "dense" else 50, color=color, marker=marker, edgecolor="black",
-                   linewidth=0.6, zorder=3, label={"hybrid": "hybrid (low-rank attention + MLP pruning)",
-                                                  "vtp": "VTP alone", "dense": "dense"}[series])
-        if series != "dense":
-            front = pareto_front(list(zip(xs, ys)))  # the best top-1 at or below each params count
-            fy = [ys[i] for i in front]
-            ax.step([xs[i] for i in front] + [right], fy + fy[-1:], where="post", color=color, linestyle="--",
-                    linewidth=1, zorder=2)
-        for k, (r, x, y) in enumerate(sorted(zip(pts, xs, ys), key=lambda t: t[1])):
-            if series == "hybrid":  # alternate above/below so neighbours at equal params stay readable
-                ax.annotate(f"r{r['rank_ratio']:g}/m{r['mlp_rate']:g}", (x, y), fontsize=7,
-                            xytext=(4, 5 if k % 2 == 0 else -11), textcoords="offset points")
-    ax.set_xlabel("params (M)")
-    ax.set_ylabel("top-1 after fine-tuning (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)

@@ -1,28 +1,16 @@
-"""Compression recipes: YAML validated against a dataclass schema. Unknown keys, wrong types and out-of-range
-values are errors that name the key; `--set a.b=value` overrides any field before validation."""
+"""Compression recipes: YAML validated against a dataclass schema (the machinery is `vitdeploy.schema`). Unknown
+keys, wrong types and out-of-range values are errors that name the key; `--set a.b=value` overrides any field
+before validation. The `method` and `decompose.method` choices come from the tables in `compression/methods.py`."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
-import math
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
+from vitdeploy import schema
+from vitdeploy.compression.methods import decomposition_names, get_method, method_names
 from vitdeploy.errors import RecipeError
-
-
-def spec(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float | None = None,
-         lo_open: bool = False, hi_open: bool = False, choices: tuple | None = None, doc: str = "", **kw: Any) -> Any:
-    """A schema field: bounds (closed unless *_open), allowed choices, and a one-line doc for the README."""
-    meta = dict(lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, choices=choices, doc=doc)
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
-    return field(default=default, metadata=meta, **kw)
+from vitdeploy.schema import Style, spec
 
 
 @dataclass
@@ -71,7 +59,6 @@ class PruneCfg:
     remove_heads: bool = spec(False, doc="remove whole heads whose v dims fall below the threshold (needs attn_out)")
 
 
-DECOMPOSE_METHODS = ("svd", "qr-full", "qr-reduced", "qr-pivoted", "cod", "lu")
 LAYER_CHOICES = ("qkv", "proj", "fc1", "fc2")
 
 
@@ -79,7 +66,7 @@ LAYER_CHOICES = ("qkv", "proj", "fc1", "fc2")
 class DecomposeCfg:
     """Low-rank factoring after pruning: each chosen Linear W (out × in) becomes two thin layers of rank r."""
     enabled: bool = spec(False, doc="factor layers after pruning, before fine-tuning")
-    method: str = spec("svd", choices=DECOMPOSE_METHODS,
+    method: str = spec("svd", choices=decomposition_names,
                        doc="svd (balanced U√Σ · √ΣVᵀ), qr-full, qr-reduced, qr-pivoted (rank-revealing), cod "
                            "(complete orthogonal), lu (complete pivoting); all with nested, least-squares-optimal factors")
     layers: list = spec(["qkv", "proj"], choices=LAYER_CHOICES, doc="which Linear layers of every block to factor")
@@ -115,8 +102,9 @@ class McfCfg:
 @dataclass
 class Recipe:
     name: str = spec("", doc="recipe name (default: the YAML file name)")
-    method: str = spec("vtp", choices=("vtp", "mcf"),
-                       doc="vtp: learned or magnitude importance over the chosen sites; mcf: FFN compression")
+    method: str = spec("vtp", choices=method_names,
+                       doc="vtp: learned or magnitude importance over the chosen sites; mcf: FFN compression; "
+                           "more can be registered (compression/methods.py)")
     description: str = spec("", doc="one line for reports")
     seed: int = spec(0, doc="seed for data order and sampling")
     prune: PruneCfg = field(default_factory=PruneCfg)
@@ -132,13 +120,7 @@ class Recipe:
         """Rules that span fields; each failure names the keys."""
         if len(set(self.prune.sites)) != len(self.prune.sites):
             raise RecipeError("recipe field 'prune.sites' lists a site twice")
-        if self.method == "mcf":
-            other = [s for s in self.prune.sites if s not in ("mlp_in", "mlp_hidden")]
-            if other:
-                raise RecipeError(f"method 'mcf' compresses the FFN only: prune.sites may list mlp_in and mlp_hidden, "
-                                  f"not {other[0]}")
-        elif self.prune.importance == "learned" and self.sparsity.epochs == 0:
-            raise RecipeError("prune.importance 'learned' needs sparsity.epochs >= 1 (or use importance: magnitude)")
+        get_method(self.method).check_recipe(self)
         if self.decompose.enabled and len(set(self.decompose.layers)) != len(self.decompose.layers):
             raise RecipeError("recipe field 'decompose.layers' lists a layer twice")
         if self.prune.remove_heads and "attn_out" not in self.prune.sites:
@@ -150,139 +132,35 @@ class Recipe:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}.get(tp, str(tp))
-
-
-def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        tp = args[0]
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    ok = isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool))
-    if ok and tp is float and not math.isfinite(value):
-        raise RecipeError(f"recipe field '{key}' must be a finite number, got {value!r}")
-    if not ok:
-        raise RecipeError(f"recipe field '{key}' must be {_type_name(tp)}, got {value!r}")
-    choices = meta.get("choices")
-    if choices:
-        for v in (value if isinstance(value, list) else [value]):
-            if v not in choices:
-                raise RecipeError(f"recipe field '{key}' must be one of {', '.join(map(str, choices))}; got {v!r}")
-        if isinstance(value, list) and not value:
-            raise RecipeError(f"recipe field '{key}' must list at least one of {', '.join(map(str, choices))}")
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
-        raise RecipeError(f"recipe field '{key}' must be {'>' if meta.get('lo_open') else '>='} {lo}, got {value}")
-    if hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
-        raise RecipeError(f"recipe field '{key}' must be {'<' if meta.get('hi_open') else '<='} {hi}, got {value}")
-    return value
-
-
-def _build(cls: type, data: Any, prefix: str = "") -> Any:
-    if not isinstance(data, dict):
-        raise RecipeError(f"recipe section '{prefix or 'top level'}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
-        raise RecipeError(f"unknown recipe key '{where}' (known here: {', '.join(fields)})")
-    kwargs = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if name in data:
-            kwargs[name] = _check_value(key, data[name], hints[name], dict(f.metadata))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-            raise RecipeError(f"recipe is missing required key '{key}'")
-    return cls(**kwargs)
+STYLE = Style(RecipeError, "recipe")
+PACKAGE = "vitdeploy.recipes"
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """`key.sub=value` strings (value parsed as YAML) written into the raw recipe mapping."""
-    for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        parts = key.strip().split(".")
-        node = data
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise RecipeError(f"--set {key}: '{p}' is not a section")
-        node[parts[-1]] = value
-    return data
+    return schema.apply_overrides(data, overrides, STYLE)
 
 
 def available_recipes() -> list[str]:
-    root = importlib.resources.files("vitdeploy.recipes")
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+    return schema.packaged(PACKAGE)
 
 
 def locate_recipe(name_or_path: str) -> tuple[Any, str]:
     """The file behind a packaged recipe name or a YAML path, and a label for where it came from."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder named like a packaged recipe does not shadow it
-        if not path.is_file():
-            raise RecipeError(f"recipe file '{path}' does not exist")
-        return path, str(path)
-    res = importlib.resources.files("vitdeploy.recipes") / f"{name_or_path}.yaml"
-    if not res.is_file():
-        raise RecipeError(f"unknown recipe '{name_or_path}' (packaged: {', '.join(available_recipes())}; or pass a YAML path)")
-    return res, f"packaged:{name_or_path}"
+    return schema.locate(name_or_path, PACKAGE, STYLE)
 
 
-def read_recipe_source(name_or_path: str) -> tuple[dict, str]:
-    """The raw mapping of a packaged recipe name or a YAML path, and where it came from."""
-    source, origin = locate_recipe(name_or_path)
-    text = source.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"recipe '{name_or_path}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RecipeError(f"recipe '{name_or_path}' must be a YAML mapping at the top level")
-    return data, origin
+def recipe_from_dict(data: dict, overrides: Optional[list[str]] = None) -> Recipe:
+    """Validate a raw mapping (with `--set` overrides applied first) into a checked Recipe."""
+    return schema.build(STYLE, Recipe, apply_overrides(data, list(overrides or []))).check()
 
 
 def load_recipe(name_or_path: str, overrides: Optional[list[str]] = None) -> Recipe:
-    data, origin = read_recipe_source(name_or_path)
-    data.setdefault("name", Path(name_or_path).stem)
-    return _build(Recipe, apply_overrides(data, list(overrides or []))).check()
+    data, _, name = schema.load(name_or_path, PACKAGE, STYLE)
+    data.setdefault("name", name)
+    return recipe_from_dict(data, overrides)
 
 
 def schema_rows(cls: type = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, doc) for every leaf field: the README's recipe reference is generated from this."""
-    rows = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows += schema_rows(tp, key)
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")  # type: ignore[misc]
-        rows.append((key, repr(default), f.metadata.get("doc", "")))
-    return rows
+    """(key, default, doc) for every leaf field: the recipe reference in docs/ is generated from this."""
+    return schema.rows(cls, prefix)

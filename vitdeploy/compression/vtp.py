@@ -1,4 +1,4 @@
-"""VTP planning: from importance scores (learned gates or weight magnitudes) at each (block, site) to a plan that
+"""VTP: the method's entry point `run`, and its planning: from importance scores (learned gates or weight magnitudes) at each (block, site) to a plan that
 deploys well — a global threshold at the pruning rate, kept counts rounded to the alignment, a minimum kept
 fraction per site, and attention kept uniform across heads (q/k and v dims decided separately, whole heads
 optionally removed)."""
@@ -9,10 +9,13 @@ import copy
 import torch
 import torch.nn as nn
 
-from vitdeploy.compress.gates import attach_gates, fold_gates, site_sizes, zero_pruned
-from vitdeploy.compress.plan import BlockPlan, align_count, apply_plan
-from vitdeploy.compress.recipe import PruneCfg
-from vitdeploy.errors import RecipeError
+from vitdeploy import distributed
+from vitdeploy.compression.context import CompressContext, MethodResult, max_abs_diff
+from vitdeploy.compression.gates import attach_gates, detach_gates, fold_gates, site_sizes, zero_pruned
+from vitdeploy.compression.plan import BlockPlan, align_count, apply_plan, plan_to_dict
+from vitdeploy.compression.recipe import PruneCfg
+from vitdeploy.compression.train import fit
+from vitdeploy.errors import RecipeError, VitDeployError
 from vitdeploy.models.surgery import attention_dims
 
 Scores = dict[tuple[int, str], torch.Tensor]
@@ -76,16 +79,16 @@ def _survivors(scores: Scores, cfg: PruneCfg) -> dict[tuple[int, str], torch.Ten
     return dict(zip(keys, mask.split([scores[k].numel() for k in keys])))
 
 
-def _top(score: torch.Tensor, k: int) -> list[int]:
+def top_indices(score: torch.Tensor, k: int) -> list[int]:
     return sorted(score.abs().topk(k).indices.tolist())
 
 
-def _top_groups(score: torch.Tensor, k: int, g: int) -> list[int]:
+def top_groups(score: torch.Tensor, k: int, g: int) -> list[int]:
     """The k best dims taken as whole aligned runs of g (ranked by their summed |score|), so the index-select that
     applies them moves blocks instead of single floats (see IndexSelect); plain top-k where g does not divide."""
     n = score.numel()
     if k == n or n % g or k % g:
-        return _top(score, k)
+        return top_indices(score, k)
     groups = score.abs().view(-1, g).sum(1).topk(k // g).indices.sort().values
     return (groups[:, None] * g + torch.arange(g)).flatten().tolist()
 
@@ -95,7 +98,7 @@ def _per_head(score: torch.Tensor, heads: list[int], dim: int, surviving: int, c
     each head keeping its own best dims."""
     per = score.abs().view(-1, dim)
     k = align_count(surviving / len(heads), dim, cfg.alignment, cfg.min_keep)
-    return [_top(per[h], k) for h in heads]
+    return [top_indices(per[h], k) for h in heads]
 
 
 def plan_from_scores(model: nn.Module, scores: Scores, cfg: PruneCfg) -> tuple[list[BlockPlan], dict]:
@@ -111,7 +114,7 @@ def plan_from_scores(model: nn.Module, scores: Scores, cfg: PruneCfg) -> tuple[l
         for site in ("attn_in", "mlp_in", "mlp_hidden"):
             if (b, site) in scores:
                 k = align_count(int(alive[(b, site)].sum()), sizes[site], cfg.alignment, cfg.min_keep)
-                pick = _top if site == "mlp_hidden" else (lambda v, k: _top_groups(v, k, cfg.alignment))
+                pick = top_indices if site == "mlp_hidden" else (lambda v, k: top_groups(v, k, cfg.alignment))
                 setattr(bp, site, pick(scores[(b, site)], k))
                 keep[(b, site)] = torch.tensor(getattr(bp, site))
         heads = list(range(H))
@@ -156,3 +159,43 @@ def prune_with_reference(base: nn.Module, sites: list[str], gate_values: Scores,
     fold_gates(pruned)
     apply_plan(pruned, plan)
     return pruned, masked
+
+
+# ------------------------------------------------------------------------------------------------ the method
+def run(ctx: CompressContext) -> MethodResult:
+    """The VTP method (entry point in the method table): gates trained with the L1 term (learned importance) or
+    weight magnitudes, a global-threshold plan, fold + slice checked against the masked gated model."""
+    cfg, recipe = ctx.recipe.prune, ctx.recipe
+    if cfg.importance == "learned" and ctx.data is None:
+        raise VitDeployError("prune.importance 'learned' trains importance scores and needs --data "
+                             "(or use --set prune.importance=magnitude for a training-free plan)")
+    base = copy.deepcopy(ctx.dense)
+    sparsity_history: list = []
+    if cfg.importance == "learned":
+        gates = attach_gates(base, cfg.sites)
+        sp = recipe.sparsity
+        sparsity_history = fit(base, ctx.train_loader_for(sp), ctx.val_loader, sp, desc="sparsity", gates=gates,
+                               checkpoint=ctx.checkpoint("sparsity"))["epochs"]
+        ctx.add_stage("sparsity", base, scores=gates.numel())
+        detach_gates(base)
+        scores = {(b, s): a.detach().clone() for b, s, a in gates.items()}
+        gate_values = scores
+    else:  # magnitudes rank the dims; the gates stay 1, so folding them changes nothing
+        scores = magnitude_scores(base, list(cfg.sites))
+        gate_values = {k: torch.ones_like(v) for k, v in scores.items()}
+
+    # the plan; the masked reference (gated, dropped scores zeroed); the pruned model (scores folded, then sliced)
+    plan, keep = plan_from_scores(base, scores, cfg)
+    pruned, masked = prune_with_reference(base, list(cfg.sites), gate_values, plan, keep)
+    pruned = pruned.to(distributed.device())  # sliced modules are built on the CPU
+    x, inputs = ctx.sample()
+    max_diff = max_abs_diff(pruned, masked, x)
+    del masked, base
+    return MethodResult(
+        model=pruned,
+        reduction={"rate": cfg.rate, "scored_dims": sum(v.numel() for v in scores.values()),
+                   "kept_dims": sum(len(k) for k in keep.values())},
+        equivalence={"max_abs_diff": max_diff, "reference": "gated model with the dropped scores zeroed",
+                     "inputs": inputs},
+        details={"plan": plan_to_dict(plan), "sparsity": sparsity_history},
+    )
