@@ -11,6 +11,20 @@ from torch.utils.data import Dataset
 from vitdeploy.data.specs import input_size_of
 
 
+def gray_data_config(input_size: tuple[int, int, int], mean: float, std: float) -> dict[str, Any]:
+    """A timm-style data config for models trained on one of these datasets: its recorded normalisation, repeated
+    over the three input channels, bilinear resizing and no crop."""
+    input_size_of({"input_size": input_size})
+    return {
+        "input_size": tuple(int(v) for v in input_size),
+        "interpolation": "bilinear",
+        "mean": (mean,) * 3,
+        "std": (std,) * 3,
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }
+
+
 class GrayArrayDataset(Dataset):
     """Items are (float32 [3, H, W] normalised image, int label)."""
 

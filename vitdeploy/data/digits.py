@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from vitdeploy.data.arrays import GrayArrayDataset
+from vitdeploy.data.arrays import GrayArrayDataset, gray_data_config
 from vitdeploy.data.specs import check_split, input_size_of
 
 # Recorded normalisation: mean/std of every train-split pixel, in [0, 1] scale (float64, population std).
@@ -31,15 +31,7 @@ DIGITS_MAX_SHIFT = 1  # augmentation: random translation of up to this many nati
 
 def digits_data_config(input_size: tuple[int, int, int] = (3, 32, 32)) -> dict[str, Any]:
     """A timm-style data config for models trained on digits (uses the recorded digits normalisation)."""
-    input_size_of({"input_size": input_size})
-    return {
-        "input_size": tuple(int(v) for v in input_size),
-        "interpolation": "bilinear",
-        "mean": (DIGITS_MEAN,) * 3,
-        "std": (DIGITS_STD,) * 3,
-        "crop_pct": 1.0,
-        "crop_mode": "center",
-    }
+    return gray_data_config(input_size, DIGITS_MEAN, DIGITS_STD)
 
 
 @functools.lru_cache(maxsize=1)

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from vitdeploy.data.arrays import GrayArrayDataset
+from vitdeploy.data.arrays import GrayArrayDataset, gray_data_config
 from vitdeploy.data.specs import check_split, input_size_of
 from vitdeploy.errors import DataError
 
@@ -176,15 +176,7 @@ def fashion_train_stats(path: str | Path | None = None) -> tuple[float, float]:
 
 def fashion_data_config(input_size: tuple[int, int, int] = (3, 28, 28)) -> dict[str, Any]:
     """A timm-style data config for models trained on Fashion-MNIST (the recorded train-split normalisation)."""
-    input_size_of({"input_size": input_size})
-    return {
-        "input_size": tuple(int(v) for v in input_size),
-        "interpolation": "bilinear",
-        "mean": (FASHION_MEAN,) * 3,
-        "std": (FASHION_STD,) * 3,
-        "crop_pct": 1.0,
-        "crop_mode": "center",
-    }
+    return gray_data_config(input_size, FASHION_MEAN, FASHION_STD)
 
 
 # ----------------------------------------------------------------------------------------------- dataset
