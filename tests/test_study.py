@@ -4,6 +4,7 @@ writes nothing."""
 import json
 
 import pytest
+import torch
 
 from test_cli import run
 from vitdeploy.compression.decompose import METHODS
@@ -67,3 +68,44 @@ def test_bad_study_input_is_one_line(capsys, tmp_path, args, match):
     code, _, err = run(capsys, "study", args[0], "vit_digits", "--data", "digits", "--out", out, *args[1:])
     assert code == 2 and err.count("\n") == 1 and match in err, err
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_train_images_is_one_fixed_subset_for_every_seed(digits_model_dir):
+    """`train_images` shortens a schedule on the same images whatever the seed; the order still follows the seed."""
+    from vitdeploy.compression.context import make_context
+    from vitdeploy.compression.recipe import load_recipe
+    from vitdeploy.models import load_model
+
+    sets = {}
+    for seed in (0, 1):
+        ctx = make_context(load_model(str(digits_model_dir)), load_recipe("vtp-40", ["train_images=200", f"seed={seed}"]),
+                           "digits")
+        assert len(ctx.train_set) == 200 and len(ctx.train_loader.dataset) == 200
+        assert ctx.train_loader_for(ctx.recipe.sparsity).dataset.indices == ctx.train_set.indices
+        sets[seed] = (ctx.train_set.indices, next(iter(ctx.train_loader))[1])
+    assert sets[0][0] == sets[1][0] and not sets[0][1].equal(sets[1][1])
+    full = make_context(load_model(str(digits_model_dir)), load_recipe("vtp-40"), "digits")
+    assert len(full.train_set) > 1000
+
+
+def test_rate_for_matches_macs_with_magnitude_scores(digits_model_dir):
+    """The rate search reaches a MACs target with training-free scores, which rank dims without scaling weights."""
+    from vitdeploy.compression.recipe import load_recipe
+    from vitdeploy.compression.study import prune_at, rate_for
+    from vitdeploy.compression.vtp import magnitude_scores
+    from vitdeploy.models import count_macs, load_model
+
+    model = load_model(str(digits_model_dir)).model.eval()
+    size = tuple(load_model(str(digits_model_dir)).data_config["input_size"])
+    recipe = load_recipe("vtp-40")
+    scores = magnitude_scores(model, list(recipe.prune.sites))
+    target = int(0.7 * count_macs(model, size))
+    rate = rate_for(model, scores, recipe, target, lambda m: count_macs(m, size), fold=False)
+    pruned = prune_at(model, scores, recipe, rate, fold=False)
+    assert abs(count_macs(pruned, size) - target) / target < 0.05
+    for a, b in zip(pruned.blocks, model.blocks):  # fold=False: the kept weights are the dense ones, unscaled
+        for name in ("fc1", "fc2"):
+            kept, dense = getattr(a.mlp, name).weight, getattr(b.mlp, name).weight
+            assert torch.isin(kept, dense).all()
+    folded = prune_at(model, scores, recipe, rate, fold=True)
+    assert not torch.isin(folded.blocks[0].mlp.fc1.weight, model.blocks[0].mlp.fc1.weight).all()

@@ -114,6 +114,9 @@ class Recipe:
     decompose: DecomposeCfg = field(default_factory=DecomposeCfg)
     mcf: McfCfg = field(default_factory=McfCfg)
     eval_batches: Optional[int] = spec(None, lo=1, doc="limit evaluation to this many val batches (None: all)")
+    train_images: Optional[int] = spec(None, lo=1,
+                                       doc="train every phase on a fixed subset of this many train images, the same "
+                                           "whatever the seed (None: the whole split); for shortened schedules")
     checkpoint_every: int = spec(0, lo=0, doc="checkpoint every N optimiser steps as well as at epoch ends (0: epoch ends)")
 
     def check(self) -> "Recipe":

@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch.nn as nn
 
@@ -152,25 +152,34 @@ def learned_scores(ctx: CompressContext, recipe: Recipe, desc: str) -> tuple[nn.
     return base.eval(), {(b, s): a.detach().clone() for b, s, a in gates.items()}
 
 
-def prune_at(base: nn.Module, scores: Scores, recipe: Recipe, rate: float) -> nn.Module:
-    """`base` with the scores folded in and the plan at `rate` sliced out (what the VTP method builds at that rate)."""
+def prune_at(base: nn.Module, scores: Scores, recipe: Recipe, rate: float, fold: bool = True) -> nn.Module:
+    """`base` with the plan at `rate` sliced out: what the VTP method builds at that rate. With `fold` (learned
+    scores) the surviving scores are folded into the weights first; magnitude scores only rank the dims (fold=False)."""
     cfg = dataclasses.replace(recipe.prune, rate=rate)
     plan, _ = plan_from_scores(base, scores, cfg)
     model = copy.deepcopy(base)
-    attach_gates(model, cfg.sites, scores)
-    fold_gates(model)
+    if fold:
+        attach_gates(model, cfg.sites, scores)
+        fold_gates(model)
     return apply_plan(model, plan).eval()
 
 
-def rate_for_params(base: nn.Module, scores: Scores, recipe: Recipe, target: int, steps: int = 14) -> float:
-    """The pruning rate whose plan leaves the params closest to `target` (bisection; params fall with the rate)."""
+def rate_for(base: nn.Module, scores: Scores, recipe: Recipe, target: int, measure: Callable[[nn.Module], int],
+             fold: bool = True, steps: int = 14) -> float:
+    """The pruning rate whose plan leaves `measure` (params, or MACs) closest to `target` (bisection: both fall
+    with the rate)."""
     lo, hi, best = 0.0, 0.98, (math.inf, 0.0)
     for _ in range(steps):
         mid = (lo + hi) / 2
-        p = count_params(prune_at(base, scores, recipe, mid))
-        best = min(best, (abs(p - target), mid))
-        lo, hi = (mid, hi) if p > target else (lo, mid)
+        v = measure(prune_at(base, scores, recipe, mid, fold))
+        best = min(best, (abs(v - target), mid))
+        lo, hi = (mid, hi) if v > target else (lo, mid)
     return round(best[1], 4)
+
+
+def rate_for_params(base: nn.Module, scores: Scores, recipe: Recipe, target: int, steps: int = 14) -> float:
+    """The pruning rate whose plan leaves the params closest to `target`."""
+    return rate_for(base, scores, recipe, target, count_params, steps=steps)
 
 
 def _hybrid_rows(ctx: CompressContext, base: nn.Module, scores: Scores, recipe: Recipe, ranks: Sequence[float],

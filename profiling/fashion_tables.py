@@ -1,0 +1,197 @@
+"""The Fashion-MNIST comparison tables of docs/results.md, from the committed result files (so the page quotes
+the files, not a transcription). Prints them, or with --docs rewrites each table between its
+`<!-- fashion-NAME -->` markers in docs/results.md:
+
+    python profiling/fashion_tables.py [--docs] [vtp|mcf|decompose|hybrid|peer ...]
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+from common import RESULTS
+
+DOCS = RESULTS.parent.parent / "docs" / "results.md"
+
+
+def pct(v: float) -> str:
+    return f"{100 * v:.2f}"
+
+
+def ci(r: dict) -> str:
+    lo, hi = r["ci95"]
+    return f"{pct(r['top1'])} ({pct(lo)}–{pct(hi)})"
+
+
+def diff(d: dict) -> str:
+    lo, hi = d["ci95_bootstrap"]
+    seeds = ", ".join(f"{100 * s['difference']:+.2f}" for s in d["per_seed"])
+    p = ", ".join(f"{s['mcnemar_p']:.2g}" for s in d["per_seed"])
+    return f"{100 * d['mean_difference']:+.2f} ({100 * lo:+.2f} to {100 * hi:+.2f}) | {seeds} | {p}"
+
+
+def seeds_top1(m: dict) -> str:
+    return ", ".join(pct(v) for v in m["per_seed"])
+
+
+def header(first: str) -> list[str]:
+    return [f"| {first} | params | MACs | top-1, mean over seeds (95 % CI) | per seed |", "|---|---:|---:|---|---|"]
+
+
+def row(label: str, side: dict, mean: dict) -> str:
+    return f"| {label} | {side['params'] / 1e3:.1f} k | {side['macs'] / 1e6:.2f} M | {ci(mean)} | {seeds_top1(mean)} |"
+
+
+def dense_row(d: dict) -> str:
+    return f"| dense | {d['params'] / 1e3:.1f} k | {d['macs'] / 1e6:.2f} M | {ci(d)} | – |"
+
+
+DIFF_HEADER = ["| difference | mean over seeds (95 % CI) | per seed | McNemar p per seed |", "|---|---|---|---|"]
+
+
+def vtp(r: dict) -> list[str]:
+    m, s = r["mean_over_seeds"], r["sides"]
+    out = header("side") + [dense_row(r["dense"])]
+    for n, label in (("vtp_pruned", "VTP rate 0.4, before fine-tune"), ("vtp_finetuned", "VTP rate 0.4, fine-tuned"),
+                     ("magnitude_pruned", f"magnitude rate {s['magnitude_pruned'][0]['rate']:g}, before fine-tune"),
+                     ("magnitude_finetuned", "magnitude, fine-tuned"),
+                     ("vtp_target_finetuned", f"VTP rate {s['vtp_target_finetuned'][0]['rate']:g} (≥ 40 % MACs cut), fine-tuned")):
+        out.append(row(label, s[n][0], m[n]))
+    c = r["vtp_minus_magnitude"]
+    out += [""] + DIFF_HEADER + [f"| VTP − magnitude, before fine-tune | {diff(c['before_finetune'])} |",
+                                 f"| VTP − magnitude, fine-tuned | {diff(c['after_finetune'])} |",
+                                 f"| VTP rate 0.4 − dense | {diff(c['vtp_finetuned_vs_dense'])} |",
+                                 f"| VTP at the MACs target − dense | {diff(c['vtp_target_finetuned_vs_dense'])} |"]
+    return out
+
+
+def mcf(r: dict) -> list[str]:
+    m, s = r["mean_over_seeds"], r["sides"]
+    out = header("side") + [dense_row(r["dense"])]
+    for stage, label in (("one_shot", "one-shot"), ("scheduled", "scheduled + recovery"), ("finetuned", "fine-tuned")):
+        for scorer, name in (("fis", "MCF (FIS)"), ("magnitude", "magnitude")):
+            n = f"{scorer}_{stage}"
+            out.append(row(f"{name}, {label}", s[n][0], m[n]))
+    c = r["mcf_minus_magnitude"]
+    out += [""] + DIFF_HEADER + [f"| MCF − magnitude, {label} | {diff(c[k])} |" for k, label in
+                                 (("one_shot", "one-shot"), ("scheduled", "scheduled"), ("finetuned", "fine-tuned"))]
+    out.append(f"| MCF fine-tuned − dense | {diff(c['mcf_finetuned_vs_dense'])} |")
+    return out
+
+
+def decompose(r: dict) -> list[str]:
+    m = r["mean_over_seeds"]
+    out = ["| variant | rank (mean) | params | MACs | before fine-tune (95 % CI) | after fine-tune (95 % CI) | "
+           "after − SVD after (95 % CI) |", "|---|---:|---:|---:|---|---|---|",
+           f"| dense | – | {r['dense']['params'] / 1e3:.1f} k | {r['dense']['macs'] / 1e6:.2f} M | {ci(r['dense'])} | – | – |"]
+    for v in ["vtp", *r["ranks"]]:
+        b, a = m[f"{v}_before"], m[f"{v}_after"]
+        rank = r["ranks"][v]["rank_mean"] if v in r["ranks"] else "–"
+        vs = r["minus_svd"].get(f"{v}_after")
+        vs_text = "–" if vs is None else (f"{100 * vs['mean_difference']:+.2f} ({100 * vs['ci95_bootstrap'][0]:+.2f} to "
+                                          f"{100 * vs['ci95_bootstrap'][1]:+.2f})")
+        twin = f" (same factors as {a['same_factors_as']})" if "same_factors_as" in a else ""
+        out.append(f"| {'VTP alone' if v == 'vtp' else 'VTP + ' + v}{twin} | {rank} | {b['params'] / 1e3:.1f} k | "
+                   f"{b['macs'] / 1e6:.2f} M | {ci(b)} | {ci(a)} | {vs_text} |")
+    return out
+
+
+def hybrid(r: dict) -> list[str]:
+    m, s, p = r["mean_over_seeds"], r["sides"], r["paper_measures"]
+    out = header("side") + [dense_row(r["dense"])]
+    for n, label in (("hybrid_before", "hybrid, before fine-tune"), ("hybrid_after", "hybrid, fine-tuned"),
+                     ("vtp_before", f"VTP rate {s['vtp_before'][0]['rate']:g} (matched params), before fine-tune"),
+                     ("vtp_after", "VTP, fine-tuned")):
+        out.append(row(label, s[n][0], m[n]))
+    c = r["hybrid_minus_vtp"]
+    out += [""] + DIFF_HEADER + [f"| hybrid − VTP, before fine-tune | {diff(c['before_finetune'])} |",
+                                 f"| hybrid − VTP, fine-tuned | {diff(c['after_finetune'])} |",
+                                 f"| hybrid fine-tuned − dense | {diff(c['hybrid_after_vs_dense'])} |"]
+    out += ["", "| paper's measure | params cut | relative error increase |", "|---|---:|---:|"]
+    out += [f"| {'hybrid' if n.startswith('hybrid') else 'VTP'} | {100 * v['params_cut']:.1f} % | "
+            f"{100 * v['relative_error_increase']:+.1f} % |" for n, v in p.items()]
+    return out
+
+
+def peer(r: dict) -> list[str]:
+    m, s = r["mean_over_seeds"], r["sides"]
+    out = header("side") + [dense_row(r["dense"])]
+    for n, label in (("vtp_pruned", "vtp-40, before fine-tune"), ("vtp_finetuned", "vtp-40, fine-tuned"),
+                     ("peer_pruned", f"peer ratio {s['peer_pruned'][0]['ratio']:g}, before fine-tune"),
+                     ("peer_finetuned", "peer, fine-tuned")):
+        out.append(row(label, s[n][0], m[n]))
+    c = r["vtp_minus_peer"]
+    out += [""] + DIFF_HEADER + [f"| vtp-40 − peer, before fine-tune | {diff(c['before_finetune'])} |",
+                                 f"| vtp-40 − peer, fine-tuned | {diff(c['after_finetune'])} |"]
+    out += ["", "| ORT CPU, 2 threads | batch | p50 ms | speedup over dense | MACs ratio |", "|---|---:|---:|---:|---:|"]
+    for b in r["speed_ort_cpu"]:
+        out.append(f"| dense | {b['batch']} | {b['p50_ms']['dense']:.2f} | 1.00× | 1.00× |")
+        for k, v in b["variants"].items():
+            out.append(f"| {k} | {b['batch']} | {b['p50_ms'][k]:.2f} | {v['speedup']:.2f}× | {v['macs_ratio']:.2f}× |")
+    return out
+
+
+def curve_table(rows: list[dict], a: str, b: str, a_label: str, b_label: str) -> list[str]:
+    out = [f"| rate | MACs | {a_label} (95 % CI) | {b_label} (95 % CI) | difference, mean over seeds (95 % CI) | per seed |",
+           "|---:|---:|---|---|---|---|"]
+    for p in rows:
+        d = p[f"{a}_minus_{b}"]
+        lo, hi = d["ci95_bootstrap"]
+        seeds = ", ".join(f"{100 * x['difference']:+.2f}" for x in d["per_seed"])
+        out.append(f"| {p['rate']:g} | {p['macs'] / 1e6:.2f} M | {ci(p[a])} | {ci(p[b])} | "
+                   f"{100 * d['mean_difference']:+.2f} ({100 * lo:+.2f} to {100 * hi:+.2f}) | {seeds} |")
+    return out
+
+
+def vtp_curve(r: dict) -> list[str]:
+    return curve_table(r["curve_before_finetune"], "vtp", "magnitude", "VTP, no fine-tune", "magnitude, same MACs")
+
+
+def mcf_curve(r: dict) -> list[str]:
+    return curve_table(r["curve_one_shot"], "fis", "magnitude", "MCF (FIS) one-shot", "magnitude one-shot")
+
+
+TABLES = {"vtp": vtp, "mcf": mcf, "decompose": decompose, "hybrid": hybrid, "peer": peer,
+          "vtp-curve": vtp_curve, "mcf-curve": mcf_curve}
+FILES = {"vtp-curve": "vtp", "mcf-curve": "mcf"}
+
+def fill_docs(names: list[str]) -> None:
+    text = DOCS.read_text()
+    for name in names:
+        path = RESULTS / f"fashion_{FILES.get(name, name)}.json"
+        if path.exists():
+            table = "\n".join(TABLES[name](json.loads(path.read_text())))
+            text, n = re.subn(rf"(<!-- fashion-{name} -->\n).*?(<!-- /fashion-{name} -->)",
+                              lambda m: m.group(1) + table + "\n" + m.group(2), text, flags=re.S)
+            print(f"{name}: {'filled' if n else 'no markers in ' + DOCS.name}")
+    DOCS.write_text(text)
+
+
+def show(name: str) -> None:
+    path = RESULTS / f"fashion_{FILES.get(name, name)}.json"
+    if not path.exists():
+        print(f"(no {path.name} yet)\n")
+        return
+    r = json.loads(path.read_text())
+    print(f"### {name}: {r['comparison']}\n\n{r['schedule_text']}; wall {r['wall_s'] / 60:.0f} min\n")
+    print("\n".join(TABLES[name](r)))
+    for k, v in r.get("verdicts", {}).items():
+        print(f"- {k}: {v}")
+    if "targets" in r:
+        print(f"- targets: {r['targets']}")
+    print()
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    docs = "--docs" in args
+    names = [a for a in args if a != "--docs"] or list(TABLES)
+    unknown = [n for n in names if n not in TABLES]
+    if unknown:
+        raise SystemExit(f"unknown table {unknown[0]!r}; known: {', '.join(TABLES)}")
+    if docs:
+        fill_docs(names)
+    else:
+        for name in names:
+            show(name)
