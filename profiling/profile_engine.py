@@ -85,7 +85,21 @@ def result_record(artifact: str, precision: str, sha256: str | None, variant: st
         "variant": variant, "batch": batch, "iters": len(times_ms), "warmup": max(1, warmup), "latency_ms": stats,
         "throughput_ips": batch * 1000.0 / stats["mean"] if stats["mean"] > 0 else float("inf"),
         "threads": None, "seconds": float(sum(times_ms) / 1000.0),
+        "mode": "sequential", "rounds_ms": block_medians(times_ms),
     }
+
+
+def block_medians(times_ms: list[float], blocks: int = 20) -> list[float]:
+    """Medians of `blocks` consecutive stretches of the calls, in time order (as `vitdeploy profile` records them):
+    one engine timed alone cannot be paired with another, but its blocks show whether the board drifted."""
+    blocks = max(1, min(blocks, len(times_ms)))
+    base, extra = divmod(len(times_ms), blocks)
+    out, start = [], 0
+    for b in range(blocks):
+        n = base + (1 if b < extra else 0)
+        out.append(float(np.median(times_ms[start:start + n])))
+        start += n
+    return out
 
 
 def sha256_file(path: Path) -> str:
@@ -280,10 +294,12 @@ def import_tensorrt() -> Any:
 class EngineRunner:
     """A deserialised engine with pinned host and device buffers sized for its largest batch."""
 
-    def __init__(self, path: Path, trt: Any, cuda: CudaRuntime) -> None:
+    def __init__(self, path: Path, trt: Any, cuda: CudaRuntime, dla_core: int | None = None) -> None:
         self.path, self.trt, self.cuda = path, trt, cuda
         self._allocs: list[tuple[int, bool]] = []
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+        if dla_core is not None:  # before deserialising: the runtime places a DLA engine's layers on this core
+            self.runtime.DLA_core = int(dla_core)
         self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise ProfilerError(f"TensorRT {trt.__version__} could not deserialise {path}: an engine runs only with "
@@ -397,14 +413,43 @@ def _command_first(args: list[str]) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------------ main
+def _export_record(path: Path) -> dict[str, Any] | None:
+    """export.json of the deploy dir an engine sits in (beside it, or one folder up for deploy/engines/)."""
+    for folder in (path.parent, path.parent.parent):
+        try:
+            record = json.loads((folder / "export.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            return record
+    return None
+
+
+def dla_core_of(path: Path, given: int | None = None) -> int | None:
+    """The DLA core an engine runs on: `given` (--dla-core), else what its deploy dir says: the engine's own
+    record, or the target's dla_core for a non-fp32 engine (vitdeploy puts only fp16/int8 engines on the DLA)."""
+    if given is not None:
+        return given
+    record = _export_record(path) or {}
+    for engine in record.get("engines") or []:
+        if isinstance(engine, dict) and engine.get("file") and Path(str(engine["file"])).name == path.name:
+            core = engine.get("dla_core")
+            return core if isinstance(core, int) and not isinstance(core, bool) else None
+    core = (record.get("target") or {}).get("dla_core")
+    if isinstance(core, int) and not isinstance(core, bool) and precision_from_name(path) in ("fp16", "int8"):
+        return core
+    return None
+
+
 def profile_engine(path: Path, batches: list[int], warmup: int, iters: int, duration: float | None, seed: int,
-                   variant: str | None, precision: str | None) -> dict[str, Any]:
+                   variant: str | None, precision: str | None, dla_core: int | None = None) -> dict[str, Any]:
     """Profile one engine at each batch its optimisation profile takes; the rest are listed as skipped."""
     trt = import_tensorrt()
     cuda = CudaRuntime()
     if cuda.device_count() < 1:
         raise ProfilerError("no CUDA device is visible to this process")
-    runner = EngineRunner(path, trt, cuda)
+    dla_core = dla_core_of(path, dla_core)
+    runner = EngineRunner(path, trt, cuda, dla_core)
     results, skipped = [], []
     digest = sha256_file(path)
     try:
@@ -419,7 +464,7 @@ def profile_engine(path: Path, batches: list[int], warmup: int, iters: int, dura
     finally:
         runner.close()
     settings = {"warmup": warmup, "iters": None if duration is not None else iters, "duration_s": duration,
-                "seed": seed, "input_size": list(runner.input_size)}
+                "seed": seed, "input_size": list(runner.input_size), "dla_core": dla_core, "mode": "sequential"}
     return {"host": host_info(cuda, trt), "settings": settings, "results": results, "skipped": skipped}
 
 
@@ -462,9 +507,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant", help="name of the vitdeploy run dir the engine was built from (for vitdeploy report)")
     p.add_argument("--precision", help="precision label (default: from the file name, e.g. model.fp16.b8.plan)")
     p.add_argument("--out", type=Path, help="write the results as JSON (vitdeploy profile's schema)")
+    p.add_argument("--dla-core", type=int, help="DLA core to run a DLA engine on (default: the one its deploy dir's "
+                   "export.json records; none for GPU engines)")
     args = p.parse_args(argv)
     if args.warmup < 0:
         p.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.dla_core is not None and args.dla_core < 0:
+        p.error(f"--dla-core must be >= 0, got {args.dla_core}")
     return args
 
 
@@ -484,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.engine.is_file():
             raise ProfilerError(f"engine file not found: {args.engine}")
         result = profile_engine(args.engine, args.batch, args.warmup, args.iters, args.duration, args.seed,
-                                args.variant, args.precision)
+                                args.variant, args.precision, args.dla_core)
     except ProfilerError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

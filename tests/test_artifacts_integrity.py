@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from vitdeploy.bench.artifacts import resolve_artifacts
 from vitdeploy.errors import CheckpointError, IntegrityError, VitDeployError
-from vitdeploy.io import clear_stale, sha256_file, staged_dir
+from vitdeploy.io import clear_stale, seal, sha256_file, staged_dir
 from vitdeploy.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,10 +116,14 @@ def test_a_single_graph_in_a_deploy_dir_is_checked_too(external_deploy, tmp_path
     (lambda r: r["artifacts"][0].__setitem__("external_data", ["../secret.data"]), "not a file inside"),
 ], ids=["no manifest", "file left out", "absolute graph", "manifest escape", "precision path", "data escape"])
 def test_a_tampered_export_json_is_refused(external_deploy, tmp_path, edit, match):
+    """Each edit is refused by its seal; re-sealed (by someone who knows the format), by the check behind it."""
     d = _copy(external_deploy, tmp_path)
     rec = json.loads((d / "export.json").read_text())
     edit(rec)
     (d / "export.json").write_text(json.dumps(rec))
+    with pytest.raises(IntegrityError, match="export.json was changed after it was written"):
+        resolve_artifacts(str(d))
+    (d / "export.json").write_text(json.dumps(seal(rec)))
     with pytest.raises(IntegrityError, match=match):
         resolve_artifacts(str(d))
 
@@ -318,7 +322,7 @@ def test_a_model_dir_whose_weights_are_a_pickle_is_refused(digits_model_dir, tmp
     cfg = json.loads((d / "vitdeploy.json").read_text())
     cfg["files"]["model.safetensors"] = {"sha256": sha256_file(d / "model.safetensors"),
                                          "bytes": (d / "model.safetensors").stat().st_size}
-    (d / "vitdeploy.json").write_text(json.dumps(cfg))
+    (d / "vitdeploy.json").write_text(json.dumps(seal(cfg)))  # the seal rewritten too
     with pytest.raises(CheckpointError, match="safetensors"):
         load_model(str(d))
     assert not marker.exists()

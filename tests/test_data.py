@@ -214,6 +214,8 @@ def _bad_inputs(tmp_path: Path) -> dict[str, Callable[[], object]]:
     _write_images(mismatch / "val", ["cat", "cow"], per_class=1, size=4)
     half = tmp_path / "half"
     _write_images(half / "train", ["cat"], per_class=1, size=4)
+    single = tmp_path / "single"
+    _write_images(single, ["cat"], per_class=2, size=4)
     ds = load_dataset("digits", "val", digits_data_config((3, 8, 8)))
     load = lambda path: load_dataset(f"imagefolder:{path}", "val", TINY_CONFIG)  # noqa: E731
     return {
@@ -221,7 +223,8 @@ def _bad_inputs(tmp_path: Path) -> dict[str, Callable[[], object]]:
         "is a file": lambda: load(a_file),
         "no class subfolders": lambda: load(empty),
         "no images": lambda: load(no_images),
-        "no readable images": lambda: load(unreadable),
+        "0.png cannot be read": lambda: load(unreadable),  # a corrupt image is named, never replaced by another
+        "at least 2 classes": lambda: load(single),
         "differ": lambda: load(mismatch),
         "no val/ folder": lambda: load(half),
         "unknown data spec": lambda: load_dataset("cifar", "val", TINY_CONFIG),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "vitdeploy"
-GROUND = {"errors", "io", "provenance", "progress", "distributed", "schema", "precision"}
+GROUND = {"errors", "io", "provenance", "progress", "distributed", "schema", "precision", "validate"}
 FLOOR = {"models", "data", "runtime", "viz"}
 STAGES = {"compression", "deploy", "bench"}
 TOP = {"api", "cli", "__main__", "vitdeploy"}  # the package root re-exports the API, lazily

@@ -95,7 +95,8 @@ def test_record_has_vitdeploy_profile_keys(pe, tmp_path):
     assert theirs["iters"] == 4 and theirs["warmup"] == 2 and theirs["backend"] == "trt"
     assert theirs["throughput_ips"] == pytest.approx(2000 / theirs["latency_ms"]["mean"])
     assert set(pe.host_info(None, None)) == set(host_info()) | {"jetson"}
-    assert {"warmup", "iters", "duration_s", "seed", "input_size"} == set(ours["settings"])
+    assert {"warmup", "iters", "duration_s", "seed", "input_size", "mode", "rounds", "reference"} == set(ours["settings"])
+    assert theirs["mode"] == "sequential" and len(theirs["rounds_ms"]) == 4  # one engine alone: blocks, no pairing
     pe.write_json(tmp_path / "board.json", {"host": pe.host_info(None, None), "results": [theirs], "skipped": []})
     assert json.loads((tmp_path / "board.json").read_text())["results"][0] == theirs
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

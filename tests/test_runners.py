@@ -364,14 +364,14 @@ def test_deploy_dir_pairs_graphs_and_engines(model, tmp_path):
     fp16_io_graph(deploy / "model.fp16.onnx")
     (deploy / "engines").mkdir()
     (deploy / "engines" / "model.fp16.b8.plan").write_bytes(b"not a real engine")
-    from vitdeploy.io import manifest_entry
+    from vitdeploy.io import manifest_entry, seal
 
     files = ["model.fp32.onnx", "model.fp16.onnx", "engines/model.fp16.b8.plan"]  # the sha256 manifest load checks
-    (deploy / "export.json").write_text(json.dumps({
+    (deploy / "export.json").write_text(json.dumps(seal({  # sealed, as export writes it
         "input_size": list(INPUT_SIZE),
         "artifacts": [{"file": "model.fp32.onnx", "precision": "fp32"}, {"file": "model.fp16.onnx", "precision": "fp16"}],
         "engines": [{"file": "engines/model.fp16.b8.plan", "precision": "fp16"}],
-        "files": [manifest_entry(deploy, f) for f in files]}))
+        "files": [manifest_entry(deploy, f) for f in files]})))
     arts = resolve_artifacts(str(deploy))
     assert [(a.kind, a.precision) for a in arts] == [("onnx", "fp32"), ("onnx", "fp16"), ("engine", "fp16")]
     pairs, notes = pair_backends([arts], ["ort-cpu"])

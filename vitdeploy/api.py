@@ -112,6 +112,24 @@ def info(model: ModelLike, **load: Any) -> dict:
             "macs": count_macs(loaded.model, size), "blocks": block_table(loaded.arch)}
 
 
+def _guard_out(out: PathLike, *, paths: Sequence[Any] = (), data: Sequence[Optional[str]] = ()) -> None:
+    """Refuse an `out` whose writing would replace or delete an input: a model dir, deploy dir, checkpoint, recipe,
+    target or profile file in `paths` (strings that are not paths, like timm names, are skipped), or the folder of
+    a data spec in `data` (inside which nothing may be written); and one that cannot be written at all."""
+    from vitdeploy.data import parse_data_spec
+    from vitdeploy.io import check_writable, guard_output
+
+    inputs = [(p, "input") for p in paths if isinstance(p, (str, Path))]
+    for spec in data:
+        if spec is not None:
+            inputs.append((parse_data_spec(spec).path, "data"))
+    guard_output(out, inputs)
+    from vitdeploy import distributed
+
+    if distributed.is_main():  # only rank 0 writes; probing from every rank would race on the parent folders
+        check_writable(out)  # a read-only target fails before the work, not after it
+
+
 # ------------------------------------------------------------------------------------------------- train
 @dataclass
 class TrainResult:
@@ -126,9 +144,10 @@ def train(model: ModelLike, data: str, out: PathLike, *, epochs: Optional[int] =
           batch_size: Optional[int] = None, weight_decay: Optional[float] = None,
           warmup_epochs: Optional[float] = None, label_smoothing: Optional[float] = None,
           augment: Optional[bool] = None, seed: int = 0, resume: bool = False, checkpoint_every: int = 0,
-          **load: Any) -> TrainResult:
-    """Train on a data spec (AdamW, cosine schedule, label smoothing) and write a model dir at `out`. The head is
-    replaced when the data has another number of classes. Checkpoints go to OUT.ckpt/ until OUT is written.
+          new_head: bool = False, skip_bad_images: bool = False, **load: Any) -> TrainResult:
+    """Train on a data spec (AdamW, cosine schedule, label smoothing) and write a model dir at `out`. A fresh model
+    gets a head for the data's classes; a trained one (model dir, checkpoint, pretrained) whose classes differ is
+    refused unless `new_head`. Checkpoints go to OUT.ckpt/ until OUT is written.
 
     A setting left at None takes the model's own training default where vitdeploy defines one (`vit_fashion`),
     else the general one (`vitdeploy.models.registry.train_defaults`)."""
@@ -139,12 +158,14 @@ def train(model: ModelLike, data: str, out: PathLike, *, epochs: Optional[int] =
     from vitdeploy.models.registry import train_defaults
 
     parse_data_spec(data)
+    _guard_out(out, paths=[model, load.get("checkpoint")], data=[data])
     seed_everything(seed)  # before the model exists, so a fresh model's initial weights are reproducible too
     loaded = load_model(model, **load)
     given = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, batch_size=batch_size,
                  label_smoothing=label_smoothing, augment=augment)
     cfg = TrainCfg(**{**train_defaults(loaded.arch.base), **{k: v for k, v in given.items() if v is not None}})
-    s = run_train(loaded, data, cfg, Path(out), seed=seed, resume=resume, checkpoint_every=checkpoint_every)
+    s = run_train(loaded, data, cfg, Path(out), seed=seed, resume=resume, checkpoint_every=checkpoint_every,
+                  new_head=new_head, skip_bad_images=skip_bad_images)
     return TrainResult(Path(out), s["top1"], s["params"], s["macs"], s)
 
 
@@ -199,6 +220,7 @@ def compress(model: ModelLike, recipe: str, out: PathLike, *, data: Optional[str
     source = locate_recipe(recipe)[1]
     if data is not None:
         parse_data_spec(data)
+    _guard_out(out, paths=[model, load.get("checkpoint"), recipe], data=[data])
     seed_everything(rec.seed)
     loaded = load_model(model, **load)
     return CompressResult(Path(out), run_compress(loaded, rec, data, Path(out), source, resume=resume))
@@ -255,6 +277,7 @@ def export(model: ModelLike, out: PathLike, *, precisions: Optional[Sequence[str
                        calib_data=calib_data, calib_images=calib_images, target=target, release_model=release_model,
                        int8=Int8Config(method=calib_method, attention=int8_attention, exclude=tuple(exclude)))
     resolve_target(target)  # a bad target fails before the model is loaded
+    _guard_out(out, paths=[model, load.get("checkpoint"), target], data=[data, calib_data])
     loaded = load_model(model, **load)
     if release_model and not isinstance(model, (str, Path)):
         loaded = copy.copy(loaded)
@@ -285,11 +308,13 @@ class EvalRun:
 
 def evaluate(artifact: PathLike, data: str, *, split: Optional[str] = None, reference: Optional[PathLike] = None,
              backend: Optional[str] = None, batch_size: int = 64, arch: Optional[str] = None, out: Optional[str] = None,
-             show_progress: bool = True) -> EvalRun:
+             show_progress: bool = True, skip_bad_images: bool = False) -> EvalRun:
     """Top-1/top-5 of an artifact (every graph of a deploy dir) on a split of `data` (default: the official test set
     where the dataset has one, as fashion-mnist does, else val; training never sees either), with agreement and
     cosine against `reference` (a deploy dir gives its fp32 graph). With `out`, each record is written as JSON:
-    for several graphs put {precision} (and {backend}, {variant}) in it, e.g. "RUN/eval.{precision}.json"."""
+    for several graphs put {precision} (and {backend}, {variant}) in it, e.g. "RUN/eval.{precision}.json". An image
+    folder with a corrupt image is refused unless `skip_bad_images`, which leaves such files out and lists them in
+    each record's `skipped_images`."""
     from vitdeploy.bench.accuracy import eval_out_paths, evaluate_artifacts
     from vitdeploy.bench.artifacts import pair_backends, reference_artifact, resolve_artifacts
     from vitdeploy.data import parse_data_spec, splits_of
@@ -305,9 +330,12 @@ def evaluate(artifact: PathLike, data: str, *, split: Optional[str] = None, refe
         check_backend_available(b)
     jobs, notes = pair_backends([resolve_artifacts(str(artifact), arch)], backends)
     paths = eval_out_paths(out, jobs)  # a clash between output names fails before anything runs
+    for path in paths:
+        if path is not None:
+            _guard_out(path, paths=[artifact, reference], data=[data])
     ref = reference_artifact(resolve_artifacts(str(reference), arch)) if reference else None
     records = evaluate_artifacts(jobs, data, reference=ref, batch_size=batch_size, show_progress=show_progress,
-                                 split=split)
+                                 split=split, skip_bad_images=skip_bad_images)
     results = []
     for r, path in zip(records, paths):
         if path is not None:
@@ -335,14 +363,47 @@ class ProfileResult:
 
 def _profile_row(r: dict) -> dict:
     lat = r["latency_ms"]
+    s = r.get("speedup") or {}
     return {"artifact": r["artifact"], "backend": r["backend"], "precision": r.get("precision"), "batch": r["batch"],
-            **{f"{k}_ms": lat[k] for k in ("p50", "p90", "p99", "mean")}, "throughput_ips": r["throughput_ips"]}
+            **{f"{k}_ms": lat[k] for k in ("p50", "p90", "p99", "mean")}, "throughput_ips": r["throughput_ips"],
+            "speedup": s.get("speedup"), "speedup_ci95": s.get("ci95"), "verdict": s.get("verdict"),
+            "peak_share": (r.get("roofline") or {}).get("share")}
+
+
+def _reference_label(reference: PathLike, specs: list, groups: list) -> str:
+    """The label of the artifact `reference` names: one of the ARTIFACT arguments (a deploy dir means its FP32
+    graph) or a graph or engine inside one of them; anything else is one line."""
+    from vitdeploy.bench.artifacts import reference_artifact
+
+    def same(a: Any, b: Any) -> bool:
+        try:
+            return str(a) == str(b) or Path(str(a)).resolve() == Path(str(b)).resolve()
+        except OSError:
+            return False
+
+    for spec, group in zip(specs, groups):
+        if same(reference, spec):
+            return reference_artifact(group).label
+    for group in groups:
+        for a in group:
+            if same(reference, a.label):
+                return a.label
+    given = ", ".join(str(s) for s in specs)
+    raise VitDeployError(f"--reference '{reference}' is not one of the artifacts given ({given[:300]}) nor a graph "
+                         "inside one of them")
 
 
 def profile(artifacts: Sequence[PathLike], *, backend: str = "ort-cpu", batch: Sequence[int] = (1, 8),
             warmup: int = 10, iters: int = 50, duration: Optional[float] = None, threads: Optional[int] = None,
-            op_profile: int = 0, leak_runs: int = 0, arch: Optional[str] = None, show_progress: bool = True) -> ProfileResult:
-    """Latency percentiles and throughput of each artifact per backend and batch, with the host recorded."""
+            op_profile: int = 0, leak_runs: int = 0, arch: Optional[str] = None, show_progress: bool = True,
+            sequential: bool = False, rounds: Optional[int] = None, reference: Optional[PathLike] = None,
+            roofline: bool = True) -> ProfileResult:
+    """Latency percentiles and throughput of each artifact per backend and batch, with the host recorded.
+
+    Artifacts are timed interleaved (rounds of a short block each, the order rotating) unless `sequential`; each one
+    is compared with the reference (`reference`, one of `artifacts` or a graph inside one of them, else the first)
+    as a paired speedup with a 95 % interval and a verdict. `roofline` measures the backend's GEMM peak in the same
+    run and gives each artifact's achieved MAC rate as a share of it."""
     from vitdeploy.bench.artifacts import pair_backends, resolve_artifacts
     from vitdeploy.bench.latency import Extras, ProfileItem, profile_artifacts
     from vitdeploy.runtime.registry import check_backend_available, parse_backends
@@ -357,15 +418,27 @@ def profile(artifacts: Sequence[PathLike], *, backend: str = "ort-cpu", batch: S
     backends = parse_backends(backend)
     for b in backends:
         check_backend_available(b)
-    pairs, notes = pair_backends([resolve_artifacts(str(spec), arch) for spec in artifacts], backends)
+    if sequential and rounds is not None:
+        raise VitDeployError("--rounds sets the rounds of interleaved timing; drop it, or drop --sequential")
+    if rounds is not None and (rounds < 2 or (duration is None and rounds > iters)):
+        raise VitDeployError(f"--rounds must be from 2 to --iters ({iters}), got {rounds}: every round times each "
+                             "artifact at least once, and an interval needs two rounds" if duration is None else
+                             f"--rounds must be >= 2, got {rounds}")
+    groups = [resolve_artifacts(str(spec), arch) for spec in artifacts]
+    ref_label = _reference_label(reference, list(artifacts), groups) if reference is not None else None
+    pairs, notes = pair_backends(groups, backends)
     sizes = {a.input_size for a, _ in pairs}
     if len(sizes) > 1:
         raise VitDeployError(f"artifacts take different input sizes {sorted(sizes)}: profile them separately")
-    items = [ProfileItem(a.label, (lambda a=a, b=b: a.runner(b, threads)),
-                         {**a.describe(), "precision": a.precision_on(b)}) for a, b in pairs]
+    if ref_label is not None and ref_label not in {a.label for a, _ in pairs}:
+        raise VitDeployError(f"--reference '{reference}' runs on none of the backends given ({backend})")
+    items = [ProfileItem(a.label, (lambda a=a, b=b: a.runner(b, threads, spin=sequential)),
+                         {**a.describe(), "precision": a.precision_on(b), "macs": a.macs}) for a, b in pairs]
     result = profile_artifacts(items, batches, warmup=warmup, iters=iters, duration=duration,
                                input_size=pairs[0][0].input_size, threads=threads, show_progress=show_progress,
-                               extras=Extras(op_profile_top=op_profile, leak_runs=leak_runs))
+                               extras=Extras(op_profile_top=op_profile, leak_runs=leak_runs),
+                               interleaved=not sequential, rounds=rounds, reference=ref_label, roofline=roofline,
+                               peak_backends=sorted({b for a, b in pairs if a.macs}))
     notes = notes + [f"skipped {s['artifact']} [{s['backend']}] batch {s['batch']}: {s['reason']}"
                      for s in result["skipped"]]
     return ProfileResult([_profile_row(r) for r in result["results"]], notes, result)
@@ -386,6 +459,7 @@ def report(runs: Sequence[PathLike], out: PathLike, *, profiles: Sequence[PathLi
 
     if isinstance(runs, (str, Path)):
         runs = [runs]
+    _guard_out(out, paths=[*runs, *profiles])
     rep = build_report([Path(r) for r in runs], [Path(p) for p in profiles], Path(out), backend=backend, batch=batch)
     plots = [rep["plots"].get("accuracy_latency"), rep["plots"].get("latency_batch"), *rep["plots"]["kept_dims"].values()]
     return ReportResult(Path(out), [p for p in plots if p], rep)
@@ -398,7 +472,7 @@ def study_decomposition(model: ModelLike, data: str, out: PathLike, *, recipe: s
     """VTP, then VTP + each decomposition at equal ranks, before and after a short fine-tune (study.json)."""
     from vitdeploy.compression.study import decomposition_study
 
-    rec, loaded = _study_setup(model, recipe, data, overrides, load)
+    rec, loaded = _study_setup(model, recipe, data, overrides, load, out)
     return decomposition_study(loaded, rec, data, Path(out), None if methods is None else list(methods),
                                finetune_epochs)
 
@@ -414,16 +488,18 @@ def study_hybrid(model: ModelLike, data: str, out: PathLike, *, ranks: Sequence[
     if not ranks or not rates:
         raise VitDeployError("the hybrid sweep needs at least one rank and one rate")
     baseline = load_recipe(vtp_recipe)
-    rec, loaded = _study_setup(model, recipe, data, overrides, load)
+    rec, loaded = _study_setup(model, recipe, data, overrides, load, out)
     return hybrid_sweep(loaded, rec, baseline, data, Path(out), list(ranks), list(rates), finetune_epochs)
 
 
-def _study_setup(model: ModelLike, recipe: str, data: str, overrides: Any, load: dict) -> tuple[Any, LoadedModel]:
+def _study_setup(model: ModelLike, recipe: str, data: str, overrides: Any, load: dict,
+                 out: PathLike) -> tuple[Any, LoadedModel]:
     from vitdeploy.compression.recipe import load_recipe
     from vitdeploy.compression.train import seed_everything
     from vitdeploy.data import parse_data_spec
 
     rec = load_recipe(recipe, _override_items(overrides))
     parse_data_spec(data)
+    _guard_out(out, paths=[model, load.get("checkpoint"), recipe], data=[data])
     seed_everything(rec.seed)
     return rec, load_model(model, **load)

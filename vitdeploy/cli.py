@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -11,9 +12,22 @@ import click
 
 from vitdeploy import __version__, api
 from vitdeploy.compression.methods import DECOMPOSITIONS
+from vitdeploy.compression.recipe import available_recipes
+from vitdeploy.deploy.targets import available_targets
 from vitdeploy.errors import VitDeployError
 
 MODEL_HELP = "a timm model name, a checkpoint file (.safetensors or torch), or a vitdeploy model dir"
+
+
+def examples(*lines: str, extra: str = "") -> str:
+    """The epilog every command's --help ends with: real invocations (tests/test_reliability.py parses each one), then
+    `extra` (the packaged recipes or targets)."""
+    text = "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+    return text + (f"\n\n\b\n{extra}" if extra else "")
+
+
+def _packaged(what: str, names: list[str]) -> str:
+    return f"Packaged {what}: {', '.join(names)} (or a YAML file path)."
 
 
 def _one_line(msg: str) -> str:
@@ -35,9 +49,22 @@ def model_options(f):
     return f
 
 
+def _names(spec: str, what: str, allow_none: bool = False) -> list[str]:
+    """"a, b" -> ["a", "b"]; an empty item (",", "a,,b") is refused rather than dropped, and so is an empty list
+    unless `allow_none` (an option whose default is the empty string)."""
+    if allow_none and not spec.strip():
+        return []
+    names = [s.strip() for s in spec.split(",")]
+    if not any(names):
+        raise VitDeployError(f"{what} must list at least one name, got '{spec}'")
+    if not all(names):
+        raise VitDeployError(f"{what} has an empty item in '{spec}'")
+    return names
+
+
 def _int_list(spec: str, what: str) -> list[int]:
     try:
-        values = [int(s) for s in spec.split(",") if s.strip()]
+        values = [int(s) for s in _names(spec, what)]
     except ValueError:
         raise VitDeployError(f"{what} must be a comma-separated list of integers, got '{spec}'") from None
     if not values or any(v < 1 for v in values):
@@ -45,14 +72,16 @@ def _int_list(spec: str, what: str) -> list[int]:
     return values
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=examples(
+    "vitdeploy train vit_digits --data digits --out runs/dense",
+    "vitdeploy compress runs/dense --recipe vtp-40 --data digits --out runs/vtp40"))
 @click.version_option(__version__, prog_name="vitdeploy")
 def cli() -> None:
     """Compress timm Vision Transformers and ship them: prune, export to ONNX, measure."""
 
 
 # ------------------------------------------------------------------------------------------------ info
-@cli.command()
+@cli.command(epilog=examples("vitdeploy info vit_digits", "vitdeploy info runs/vtp40 --json"))
 @click.argument("model")
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
@@ -76,7 +105,9 @@ def info(model: str, checkpoint, arch, pretrained, as_json: bool) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- train
-@cli.command()
+@cli.command(epilog=examples(
+    "vitdeploy train vit_digits --data digits --epochs 20 --out runs/dense",
+    "vitdeploy train runs/dense --data imagefolder:/data/flowers --new-head --skip-bad-images --out runs/flowers"))
 @click.argument("model")
 @model_options
 @click.option("--data", required=True, metavar="SPEC", help="digits | fashion-mnist[:PATH] | imagefolder:PATH")
@@ -93,21 +124,36 @@ def info(model: str, checkpoint, arch, pretrained, as_json: bool) -> None:
 @click.option("--resume", is_flag=True, help="continue from the checkpoints in OUT.ckpt/ after a crash or kill")
 @click.option("--checkpoint-every", default=0, show_default=True, type=click.IntRange(min=0), metavar="STEPS",
               help="checkpoint every STEPS optimiser steps as well as at epoch ends")
+@click.option("--new-head", is_flag=True, help="give a trained MODEL a fresh head when the data has other classes "
+              "(a fresh timm model gets one anyway)")
+@click.option("--skip-bad-images", is_flag=True, help="leave corrupt images of an image folder out (counted and "
+              "reported) instead of stopping at the first one")
 def train(model, checkpoint, arch, pretrained, data, out, epochs, lr, batch_size, weight_decay, warmup_epochs,
-          label_smoothing, augment, seed, resume, checkpoint_every) -> None:
+          label_smoothing, augment, seed, resume, checkpoint_every, new_head, skip_bad_images) -> None:
     """Train MODEL on SPEC (AdamW, cosine schedule, label smoothing) and write a model dir.
 
     Checkpoints are kept in OUT.ckpt/ until OUT is written; under torchrun the model trains with DDP and
     --batch-size is the global batch."""
     r = api.train(model, data, out, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                   warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment, seed=seed,
-                  resume=resume, checkpoint_every=checkpoint_every, checkpoint=checkpoint, arch=arch,
-                  pretrained=pretrained)
+                  resume=resume, checkpoint_every=checkpoint_every, new_head=new_head,
+                  skip_bad_images=skip_bad_images, checkpoint=checkpoint, arch=arch, pretrained=pretrained)
+    if skip_bad_images:
+        _out(_skipped_note(r.record.get("skipped_images", [])))
     _out(f"wrote {out}: val top-1 {100 * r.top1:.2f} %, {r.params / 1e6:.3f} M params, {r.macs / 1e6:.1f} M MACs")
 
 
+def _skipped_note(files: list[str]) -> str:
+    if not files:
+        return "--skip-bad-images: every image was readable"
+    return f"--skip-bad-images: left out {len(files)} unreadable image(s), e.g. {files[0]}"
+
+
 # -------------------------------------------------------------------------------------------- compress
-@cli.command()
+@cli.command(epilog=examples(
+    "vitdeploy compress runs/dense --recipe vtp-40 --data digits --out runs/vtp40",
+    "vitdeploy compress vit_digits --recipe mlp-magnitude --set prune.rate=0.5 --out runs/mlp50",
+    extra=_packaged("recipes", available_recipes())))
 @click.argument("model")
 @model_options
 @click.option("--recipe", required=True, metavar="NAME_OR_YAML", help="a packaged recipe name or a YAML file")
@@ -145,7 +191,11 @@ def _print_kept(kept: list[dict], dense: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- export
-@cli.command()
+@cli.command(epilog=examples(
+    "vitdeploy export runs/vtp40 --precision fp32,fp16,int8 --calib-data digits --target cpu --out runs/vtp40/deploy",
+    "vitdeploy export runs/vtp40 --precision fp16,int8 --calib-data digits --target jetson-orin-nano "
+    "--out runs/vtp40/orin",
+    extra=_packaged("targets", available_targets())))
 @click.argument("model")
 @model_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="deploy dir to write")
@@ -168,7 +218,7 @@ def export(model, checkpoint, arch, pretrained, out, precision, data, opset, sta
     """Export MODEL to clean FP32/FP16/INT8 ONNX graphs checked against PyTorch on real inputs; writes export.json."""
     r = api.export(model, out, precisions=precision, data=data, opset=opset, static_batch=static_batch,
                    io_dtype=io_dtype, calib_data=calib_data, calib_images=calib_images, calib_method=calib_method,
-                   int8_attention=int8_attention, exclude=tuple(exclude.split(",")), target=target,
+                   int8_attention=int8_attention, exclude=tuple(_names(exclude, "--exclude", allow_none=True)), target=target,
                    release_model=True, checkpoint=checkpoint, arch=arch, pretrained=pretrained).record
     for a in r["artifacts"]:
         p = a["parity"]
@@ -183,7 +233,9 @@ def export(model, checkpoint, arch, pretrained, out, precision, data, opset, sta
 
 
 # --------------------------------------------------------------------------------------------- profile
-@cli.command()
+@cli.command(epilog=examples(
+    "vitdeploy profile runs/dense/deploy runs/vtp40/deploy --backend ort-cpu --batch 1,8 --out runs/profile.json",
+    "vitdeploy profile runs/vtp40/deploy/model.int8.onnx --batch 1 --duration 5"))
 @click.argument("artifacts", nargs=-1, required=True)
 @click.option("--backend", default="ort-cpu", show_default=True, help="comma-separated: ort-cpu, torch-cpu, trt, ...")
 @click.option("--batch", default="1,8", show_default=True, help="comma-separated batch sizes")
@@ -195,19 +247,36 @@ def export(model, checkpoint, arch, pretrained, out, precision, data, opset, sta
               help="after each timed run, profile ONNX Runtime ops in a separate session and keep the top N")
 @click.option("--leak-check", "leak_runs", type=click.IntRange(min=0), default=0, metavar="RUNS",
               help="after each timed run, record resident memory growth over RUNS more calls (e.g. 1000)")
+@click.option("--reference", metavar="ARTIFACT", help="the artifact the others are compared with: one of ARTIFACTS "
+              "(a deploy dir means its fp32 graph) or a graph inside one (default: the first)")
+@click.option("--rounds", type=click.IntRange(min=2), metavar="N",
+              help="interleaved rounds; each times every artifact for --iters/N calls (default: 20, at most --iters)")
+@click.option("--sequential", is_flag=True, help="time the artifacts one after another instead of interleaved "
+              "(speedups then have no interval: drift of the machine lands on single artifacts)")
 @click.option("--arch", metavar="NAME", help="timm architecture of a bare checkpoint file given as ARTIFACT")
 @click.option("--out", type=click.Path(dir_okay=False), help="write results as JSON")
-def profile(artifacts, backend, batch, warmup, iters, duration, threads, op_top, leak_runs, arch, out) -> None:
-    """Latency percentiles and throughput of each ARTIFACT (.onnx, engine, deploy dir, or MODEL) per backend and batch."""
+def profile(artifacts, backend, batch, warmup, iters, duration, threads, op_top, leak_runs, reference, rounds,
+            sequential, arch, out) -> None:
+    """Latency percentiles and throughput of each ARTIFACT (.onnx, engine, deploy dir, or MODEL) per backend and batch.
+
+    The artifacts are timed interleaved: all are warmed up, then timed in rounds, each round running every artifact
+    for a short block in a rotating order, so drift of the machine hits all alike. Each artifact gets a speedup
+    against the reference (median of per-round ratios, with a 95 % bootstrap interval) and a verdict: faster,
+    slower, or tied (not distinguishable at this noise)."""
     from rich.console import Console
 
-    from vitdeploy.bench.latency import op_profile_table, results_table
+    from vitdeploy.bench.latency import op_profile_table, results_table, summary_lines
     from vitdeploy.io import atomic_write_json
 
+    if out:
+        api._guard_out(out, paths=list(artifacts))  # before minutes of timing, not after
     r = api.profile(list(artifacts), backend=backend, batch=_int_list(batch, "--batch"), warmup=warmup, iters=iters,
-                    duration=duration, threads=threads, op_profile=op_top, leak_runs=leak_runs, arch=arch)
+                    duration=duration, threads=threads, op_profile=op_top, leak_runs=leak_runs, arch=arch,
+                    reference=reference, rounds=rounds, sequential=sequential)
     console = Console()
     console.print(results_table(r.record))
+    for line in summary_lines(r.record):
+        _out(line)
     ops = op_profile_table(r.record)
     if ops is not None:
         console.print(ops)
@@ -219,7 +288,9 @@ def profile(artifacts, backend, batch, warmup, iters, duration, threads, op_top,
 
 
 # ------------------------------------------------------------------------------------------------ eval
-@cli.command(name="eval")
+@cli.command(name="eval", epilog=examples(
+    "vitdeploy eval runs/vtp40/deploy --data digits --reference runs/dense/deploy --out 'runs/vtp40/eval.{precision}.json'",
+    "vitdeploy eval runs/vtp40 --data imagefolder:/data/flowers/val --skip-bad-images"))
 @click.argument("artifact")
 @click.option("--data", required=True, metavar="SPEC", help="digits | fashion-mnist[:PATH] | imagefolder:PATH")
 @click.option("--split", type=click.Choice(["val", "test"]), help="which split to measure (default: test where the "
@@ -232,12 +303,16 @@ def profile(artifacts, backend, batch, warmup, iters, duration, threads, op_top,
 @click.option("--arch", metavar="NAME", help="timm architecture of a bare checkpoint file given as ARTIFACT")
 @click.option("--out", metavar="FILE.json", help="write results as JSON; for several artifacts put {precision} in the "
               "name, e.g. RUN/eval.{precision}.json")
-def eval_cmd(artifact, data, split, reference, backend, batch_size, arch, out) -> None:
+@click.option("--skip-bad-images", is_flag=True, help="leave corrupt images of an image folder out (counted, reported "
+              "and listed in the JSON) instead of refusing the folder")
+def eval_cmd(artifact, data, split, reference, backend, batch_size, arch, out, skip_bad_images) -> None:
     """Top-1 and top-5 of ARTIFACT (every graph of a deploy dir) on a split of SPEC (test where it has one, else val)."""
     run = api.evaluate(artifact, data, split=split, reference=reference, backend=backend, batch_size=batch_size,
-                       arch=arch, out=out)
+                       arch=arch, out=out, skip_bad_images=skip_bad_images)
     for note in run.notes:
         _out(note)
+    if skip_bad_images and run.results:
+        _out(_skipped_note(run.results[0].record.get("skipped_images", [])))
     for r in run.results:
         rec = r.record
         msg = (f"{rec['artifact']} [{rec['backend']}, {rec['precision']}] on {data} {rec['split']} (n={rec['n']}): "
@@ -251,7 +326,7 @@ def eval_cmd(artifact, data, split, reference, backend, batch_size, arch, out) -
 
 
 # ---------------------------------------------------------------------------------------------- report
-@cli.command()
+@cli.command(epilog=examples("vitdeploy report runs/dense runs/vtp40 --profile runs/profile.json --out runs/report"))
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
 @click.option("--profile", "profiles", multiple=True, type=click.Path(), help="profile JSON files to include "
               "(profile*.json inside a run dir are read anyway)")
@@ -265,22 +340,26 @@ def report(runs, profiles, out, backend, batch) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- study
-@cli.group()
+@cli.group(epilog=examples("vitdeploy study decomposition runs/dense --data digits --out runs/study",
+                           "vitdeploy study hybrid runs/dense --data digits --out runs/sweep"))
 def study() -> None:
     """Method comparisons from the papers: decomposition methods after VTP, and the hybrid recipe's sweep."""
 
 
 def _float_list(spec: str, what: str) -> list[float]:
+    items = _names(spec, what)
     try:
-        values = [float(s) for s in spec.split(",") if s.strip()]
+        values = [float(s) for s in items]
     except ValueError:
         raise VitDeployError(f"{what} must be a comma-separated list of numbers, got '{spec}'") from None
-    if not values:
-        raise VitDeployError(f"{what} must list at least one number")
+    if not all(math.isfinite(v) for v in values):
+        raise VitDeployError(f"{what} must be finite numbers, got '{spec}'")
     return values
 
 
-@study.command()
+@study.command(epilog=examples(
+    "vitdeploy study decomposition runs/dense --data digits --out runs/study",
+    "vitdeploy study decomposition runs/dense --data digits --methods svd,lu --finetune-epochs 1 --out runs/study-lu"))
 @click.argument("model")
 @model_options
 @click.option("--data", required=True, metavar="SPEC", help="digits | imagefolder:PATH")
@@ -293,7 +372,7 @@ def _float_list(spec: str, what: str) -> list[float]:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe field")
 def decomposition(model, checkpoint, arch, pretrained, data, out, recipe, methods, finetune_epochs, overrides) -> None:
     """VTP, then VTP + SVD / QR (4 variants) / LU at equal ranks, before and after a short fine-tune."""
-    r = api.study_decomposition(model, data, out, recipe=recipe, methods=[m.strip() for m in methods.split(",") if m.strip()],
+    r = api.study_decomposition(model, data, out, recipe=recipe, methods=_names(methods, "--methods"),
                                 finetune_epochs=finetune_epochs, overrides=list(overrides), checkpoint=checkpoint,
                                 arch=arch, pretrained=pretrained)
     for row in r["rows"]:
@@ -302,7 +381,9 @@ def decomposition(model, checkpoint, arch, pretrained, data, out, recipe, method
     _out(f"wrote {Path(out) / 'study.json'}, study.md, {r['plot']}")
 
 
-@study.command()
+@study.command(epilog=examples(
+    "vitdeploy study hybrid runs/dense --data digits --out runs/sweep",
+    "vitdeploy study hybrid runs/dense --data digits --ranks 0.5 --rates 0.2,0.3 --out runs/sweep-small"))
 @click.argument("model")
 @model_options
 @click.option("--data", required=True, metavar="SPEC", help="digits | imagefolder:PATH")

@@ -8,6 +8,7 @@ Without torchrun everything here is a no-op and the world has one rank.
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from typing import Iterator, Sequence
 
@@ -18,11 +19,22 @@ from torch.utils.data import Sampler
 from vitdeploy.errors import VitDeployError
 
 
+def device_setting() -> str:
+    """VITDEPLOY_DEVICE, checked: unset or empty means "cpu"; "cpu", "cuda" and "cuda:N" are the only values (a
+    typo such as "tpu" or "gpu" must not quietly mean the CPU)."""
+    value = os.environ.get("VITDEPLOY_DEVICE", "").strip().lower()
+    if value in ("", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
+        return value or "cpu"
+    raise VitDeployError(f"VITDEPLOY_DEVICE={os.environ['VITDEPLOY_DEVICE']!r} is not a device: use cpu, cuda or "
+                         f"cuda:N")
+
+
 def init_from_env() -> None:
-    """Join the process group torchrun describes (a no-op for a single process)."""
+    """Check VITDEPLOY_DEVICE and join the process group torchrun describes (a no-op for a single process)."""
+    setting = device_setting()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return
-    cuda = torch.cuda.is_available() and os.environ.get("VITDEPLOY_DEVICE", "") != "cpu"
+    cuda = torch.cuda.is_available() and setting != "cpu"
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(minutes=30))
@@ -55,10 +67,14 @@ def device() -> torch.device:
     VITDEPLOY_DEVICE=cuda; otherwise the CPU."""
     if dist.is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
-    if os.environ.get("VITDEPLOY_DEVICE", "cpu") == "cuda":
+    setting = device_setting()
+    if setting.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise VitDeployError("VITDEPLOY_DEVICE=cuda but torch sees no CUDA GPU here")
-        return torch.device("cuda")
+            raise VitDeployError(f"VITDEPLOY_DEVICE={setting} but torch sees no CUDA GPU here")
+        index = int(setting.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise VitDeployError(f"VITDEPLOY_DEVICE={setting} but torch sees {torch.cuda.device_count()} GPU(s)")
+        return torch.device(setting)
     return torch.device("cpu")
 
 

@@ -37,3 +37,8 @@ class BackendError(VitDeployError):
 class IntegrityError(CheckpointError):
     """A file of a model dir or deploy dir that is missing, truncated or changed since its sha256 manifest was written,
     or a manifest entry that names a path outside its folder."""
+
+
+class OutputError(VitDeployError):
+    """An output path that must not be written (it would replace or delete an input, or a folder vitdeploy did not
+    write) or cannot be written (disk full, read-only, no permission)."""

@@ -10,7 +10,10 @@ ARTIFACT_PRECISIONS = PRECISIONS + ("best", "bf16", "fp8")  # what an artifact (
 
 def parse_precisions(spec: str) -> list[str]:
     """"fp32, int8" -> ["fp32", "int8"] (order kept, duplicates dropped); unknown or empty -> one-line error."""
-    names = list(dict.fromkeys(p.strip().lower() for p in str(spec).split(",") if p.strip()))
+    items = [p.strip().lower() for p in str(spec).split(",")]
+    if any(items) and not all(items):
+        raise VitDeployError(f"--precision has an empty item in {spec!r}; list precisions like fp32,fp16")
+    names = list(dict.fromkeys(p for p in items if p))
     bad = [p for p in names if p not in PRECISIONS]
     if not names or bad:
         raise VitDeployError(f"unsupported precision {', '.join(map(repr, bad)) or repr(spec)}; "

@@ -85,8 +85,28 @@ def eval_out_paths(template: str | None, jobs: list[tuple[Artifact, str]]) -> li
     return paths
 
 
+def check_fits(art: Artifact, ds: Any, data: str, reference: Artifact | None) -> None:
+    """A top-1 is only meaningful when the artifact scores exactly the data's classes, and an agreement only when
+    the reference takes the same images and gives the same number of logits."""
+    from vitdeploy.errors import DataError, VitDeployError
+
+    classes = getattr(ds, "num_classes", None)
+    if art.num_classes is not None and classes is not None and art.num_classes != classes:
+        raise DataError(f"'{art.label}' scores {art.num_classes} classes but {data} has {classes}: evaluate it on "
+                        f"the data it was trained for")
+    if reference is None:
+        return
+    if tuple(reference.input_size) != tuple(art.input_size):
+        raise VitDeployError(f"--reference '{reference.label}' takes {tuple(reference.input_size)} images but "
+                             f"'{art.label}' takes {tuple(art.input_size)}: compare artifacts of the same model")
+    if None not in (reference.num_classes, art.num_classes) and reference.num_classes != art.num_classes:
+        raise VitDeployError(f"--reference '{reference.label}' gives {reference.num_classes} logits but "
+                             f"'{art.label}' gives {art.num_classes}: compare artifacts of the same model")
+
+
 def evaluate_artifacts(jobs: list[tuple[Artifact, str]], data: str, reference: Artifact | None = None,
-                       batch_size: int = 64, show_progress: bool = True, split: str | None = None) -> list[dict[str, Any]]:
+                       batch_size: int = 64, show_progress: bool = True, split: str | None = None,
+                       skip_bad_images: bool = False) -> list[dict[str, Any]]:
     """Top-1/top-5 of each (artifact, backend) on a split of `data` (default: the official test set where the
     dataset has one, else val), with agreement against `reference`.
 
@@ -100,7 +120,10 @@ def evaluate_artifacts(jobs: list[tuple[Artifact, str]], data: str, reference: A
 
     split = check_split(split or default_eval_split(data), splits_of(data))
     records = []
-    datasets = [load_dataset(data, split, art.data_config) for art, _ in jobs]  # data errors before any bar is drawn
+    datasets = [load_dataset(data, split, art.data_config, skip_bad_images=skip_bad_images)
+                for art, _ in jobs]  # data errors (a bad image, a class mismatch) before any bar is drawn
+    for (art, _), ds in zip(jobs, datasets):
+        check_fits(art, ds, data, reference)
     with make_progress(transient=True) as bar:
         for (art, backend), ds in zip(jobs, datasets):
             task = bar.add_task(f"eval {Path(art.label).name} [{backend}]", total=len(ds), info="",
@@ -113,5 +136,7 @@ def evaluate_artifacts(jobs: list[tuple[Artifact, str]], data: str, reference: A
                    "split": split, **r}
             if reference is not None:
                 rec["reference"] = reference.label
+            if skip_bad_images:
+                rec["skipped_images"] = list(getattr(ds, "skipped", []))
             records.append(rec)
     return records

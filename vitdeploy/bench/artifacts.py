@@ -3,6 +3,7 @@
 artifacts with their input size, data config, precision, and the model dir (variant) they belong to."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -13,8 +14,9 @@ from vitdeploy.runtime.base import Runner
 from vitdeploy.runtime.registry import check_backend_available, create_runner
 from vitdeploy.runtime.trt import ENGINE_SUFFIXES
 from vitdeploy.errors import IntegrityError, VitDeployError
-from vitdeploy.io import is_staging_path, member_path, read_json, sha256_file, verify_entry
-from vitdeploy.models import LoadedModel, load_model
+from vitdeploy.io import check_seal, is_staging_path, refuse_staged, member_path, read_json, sha256_file, verify_entry
+from vitdeploy.bench.macs import onnx_macs
+from vitdeploy.models import LoadedModel, count_macs, load_model
 from vitdeploy.models.modeldir import is_model_dir
 from vitdeploy.precision import ARTIFACT_PRECISIONS
 
@@ -36,6 +38,8 @@ class Artifact:
     precision: str = "fp32"
     sha256: Optional[str] = None
     variant: Optional[str] = None  # name of the model dir this artifact was made from, where known
+    macs: Optional[int] = None  # multiply-accumulates of one image (matmuls, convolutions), where countable
+    num_classes: Optional[int] = None  # logits per image, where known (checked against the data's classes)
 
     def runs_on(self, backend: str) -> bool:
         return backend.startswith(KIND_BACKENDS[self.kind])
@@ -52,10 +56,11 @@ class Artifact:
                     "engine": "engines run on backend trt only"}[self.kind]
             raise VitDeployError(f"backend '{backend}' cannot run '{self.label}' ({self.kind}): {hint}")
 
-    def runner(self, backend: str, threads: Optional[int] = None) -> Runner:
+    def runner(self, backend: str, threads: Optional[int] = None, spin: bool = True) -> Runner:
+        """`spin=False` keeps idle onnxruntime threads from spin-waiting (sessions timed interleaved)."""
         self.check_runs_on(backend)
         return create_runner(backend, model=self.loaded.model if self.loaded else None, onnx_path=self.onnx_path,
-                             engine_path=self.engine_path, threads=threads)
+                             engine_path=self.engine_path, threads=threads, spin=spin)
 
     def describe(self) -> dict:
         """The fields every profile and eval record carries, so reports can match results to runs and precisions."""
@@ -82,7 +87,11 @@ def verify_deploy_dir(folder: Path, record: Any) -> dict:
     what = f"deploy dir '{folder}'"
     if is_staging_path(folder):
         raise IntegrityError(f"'{folder}' is the staging folder of an export that did not finish, not a deploy dir")
-    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        raise IntegrityError(f"{what}: export.json is not a JSON object")
+    check_seal(record, what, "export.json")
+    _check_fields(record, what)
+    files = record.get("files")
     if not isinstance(files, list) or not all(isinstance(e, dict) for e in files):
         raise IntegrityError(f"{what}: export.json has no sha256 file manifest ('files'); export it again")
     key, stamp = str(folder.resolve()), _stamp(folder, ["export.json", *(e.get("file") for e in files)])
@@ -106,6 +115,25 @@ def verify_deploy_dir(folder: Path, record: Any) -> dict:
                     raise IntegrityError(f"{what}: export.json lists {name!r} under {key_} but its manifest does not")
     _VERIFIED[key] = stamp
     return record
+
+
+def _check_fields(record: dict, what: str) -> None:
+    """The fields of export.json that feed or describe the graphs, by type and range, before any is used."""
+    from vitdeploy.validate import class_names, data_config, int_list
+
+    field = f"{what}: export.json"
+    if record.get("input_size") is not None:
+        int_list(record["input_size"], f"{field} input_size", 3, IntegrityError)
+    if record.get("data_config") is not None:
+        cfg = data_config(record["data_config"], f"{field} data_config", IntegrityError)
+        if record.get("input_size") is not None and list(record["input_size"]) != list(cfg["input_size"]):
+            raise IntegrityError(f"{field} input_size {record['input_size']} differs from its data_config's "
+                                 f"{cfg['input_size']}")
+    class_names(record.get("classes"), f"{field} classes", error=IntegrityError)
+    for key in ("artifacts", "engines"):
+        entries = record.get(key)
+        if entries is not None and (not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries)):
+            raise IntegrityError(f"{field} {key} must be a list of objects, got {str(entries)[:60]!r}")
 
 
 def _stamp(folder: Path, names: list) -> tuple:
@@ -142,11 +170,32 @@ def _load_proto(path: Path) -> onnx.ModelProto:
         raise VitDeployError(f"'{path}' is not a readable ONNX file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
+def _graph_inputs(proto: onnx.ModelProto) -> list:
+    """The graph's real inputs (older exporters list initializers among the inputs too)."""
+    weights = {t.name for t in proto.graph.initializer}
+    return [v for v in proto.graph.input if v.name not in weights]
+
+
 def _onnx_input_size(proto: onnx.ModelProto, path: Path) -> tuple[int, int, int]:
-    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or not all(dims[1:]):
+    inputs = _graph_inputs(proto)
+    if len(inputs) != 1:
+        raise VitDeployError(f"'{path}' has {len(inputs)} inputs; an image classifier graph takes one NCHW image batch")
+    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or not all(dims[1:]) or any(d < 0 for d in dims):
         raise VitDeployError(f"'{path}' does not take an NCHW image batch with fixed C, H, W")
     return (dims[1], dims[2], dims[3])
+
+
+def _onnx_num_classes(proto: onnx.ModelProto, path: Path) -> Optional[int]:
+    """C of the graph's one [N, C] logits output (None when C is symbolic)."""
+    outputs = list(proto.graph.output)
+    if len(outputs) != 1:
+        raise VitDeployError(f"'{path}' has {len(outputs)} outputs; an image classifier graph gives one [N, classes] "
+                             f"logits output")
+    dims = [d.dim_value for d in outputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 2:
+        raise VitDeployError(f"'{path}' gives a {len(dims)}-D output; an image classifier graph gives [N, classes]")
+    return dims[1] or None
 
 
 def onnx_precision(proto: onnx.ModelProto) -> str:
@@ -182,7 +231,8 @@ def onnx_artifact(path: Path) -> Artifact:
     size = _onnx_input_size(proto, path)
     return Artifact(label=str(path), kind="onnx", input_size=size, data_config=_data_config(record, size),
                     onnx_path=path, precision=(entry or {}).get("precision") or onnx_precision(proto),
-                    sha256=sha256_file(path), variant=_variant_of(path.parent))
+                    sha256=sha256_file(path), variant=_variant_of(path.parent),
+                    num_classes=_onnx_num_classes(proto, path), macs=onnx_macs(proto))
 
 
 def _engine_precision(path: Path) -> str:
@@ -202,7 +252,8 @@ def engine_artifact(path: Path, record: Optional[dict] = None, folder: Optional[
         size = _engine_input_size(path)
     return Artifact(label=str(path), kind="engine", input_size=size, data_config=_data_config(record, size),  # type: ignore[arg-type]
                     engine_path=path, precision=(entry or {}).get("precision") or _engine_precision(path),
-                    sha256=sha256_file(path) if path.is_file() else None, variant=_variant_of(path.parent))
+                    sha256=sha256_file(path) if path.is_file() else None, variant=_variant_of(path.parent),
+                    num_classes=len(record["classes"]) if isinstance((record or {}).get("classes"), list) else None)
 
 
 def _engine_input_size(path: Path) -> tuple[int, int, int]:
@@ -219,6 +270,8 @@ def _engine_input_size(path: Path) -> tuple[int, int, int]:
 def resolve_artifacts(spec: str, arch: Optional[str] = None) -> list[Artifact]:
     """`arch` names the timm architecture of a bare checkpoint file (as --arch does for MODEL elsewhere)."""
     path = Path(spec)
+    if os.path.exists(path):
+        refuse_staged(path)
     if path.suffix in ENGINE_SUFFIXES:
         check_backend_available("trt")  # one line naming what is missing, before anything is read
         if not path.is_file():
@@ -239,7 +292,8 @@ def resolve_artifacts(spec: str, arch: Optional[str] = None) -> list[Artifact]:
     loaded = load_model(spec, arch=arch)
     variant = path.resolve().name if is_model_dir(path) else None
     return [Artifact(label=spec, kind="torch", input_size=loaded.input_size, data_config=loaded.data_config,
-                     loaded=loaded, variant=variant)]
+                     loaded=loaded, variant=variant, num_classes=loaded.num_classes or None,
+                     macs=count_macs(loaded.model, loaded.input_size))]
 
 
 def pair_backends(groups: list[list[Artifact]], backends: Optional[list[str]]) -> tuple[list[tuple[Artifact, str]], list[str]]:

@@ -13,14 +13,18 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from vitdeploy.viz.pareto import budget_bands, pareto_front
+from vitdeploy.bench.latency import roofline_line
+from vitdeploy.bench.paired import SAME, format_speedup, paired_speedup
+from vitdeploy.viz.pareto import front_at_noise, pareto_front
 from vitdeploy.viz.plots import plot_accuracy_latency, plot_kept_dims, plot_latency_vs_batch
 from vitdeploy.errors import VitDeployError
-from vitdeploy.io import atomic_write_json, atomic_write_text, read_json
+from vitdeploy.io import atomic_write_json, atomic_write_text, read_json, staged_dir
 from vitdeploy.models import block_table, count_macs, count_params, load_model_dir
 from vitdeploy.models.modeldir import is_model_dir
 
-LATENCY_KEYS = ("artifact", "backend", "precision", "kind", "batch", "latency_ms", "throughput_ips", "threads", "iters")
+LATENCY_KEYS = ("artifact", "backend", "precision", "kind", "batch", "latency_ms", "throughput_ips", "threads", "iters",
+                "mode", "rounds_ms", "roofline")
+WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}  # bytes per weight: the tie-break "smaller" between precisions
 
 
 # ------------------------------------------------------------------------------------------------- collect
@@ -119,10 +123,10 @@ def collect_run(run: Path, profiles: list[dict]) -> dict[str, Any]:
     entries = _deploy_entries(run)
     accuracy = _accuracy(run, entries, compress, loaded.meta.get("train") or {})
     latency = []
-    for p in profiles:
+    for n, p in enumerate(profiles):
         for r in p.get("results", []):
             if _belongs(r, run, entries):
-                row = {k: r[k] for k in LATENCY_KEYS if k in r} | {"precision": _precision(r, entries)}
+                row = {k: r[k] for k in LATENCY_KEYS if k in r} | {"precision": _precision(r, entries), "profile": n}
                 if r.get("op_profile"):
                     row["op_profile"] = {k: r["op_profile"][k] for k in ("kernel_ms_per_run", "by_op_type")}
                 latency.append(row | {"host": _host_line(p.get("host"), r.get("threads"))})
@@ -158,12 +162,12 @@ def build_points(runs: list[dict]) -> list[dict]:
     """One point per (variant, precision, backend, batch) measured: latency, throughput, top-1, size, speedup
     against the dense run on the same backend and batch (fp32, else the same precision). Later files win ties."""
     base = _baseline(runs)
-    ref = {(r["backend"], r["batch"], r["precision"]): r["latency_ms"]["p50"] for r in base["latency"]}
+    ref = {(r["backend"], r["batch"], r["precision"]): r for r in base["latency"]}
     points: dict[tuple, dict] = {}
     for run in runs:
         for r in run["latency"]:
             acc = top1_for(run["accuracy"], r["precision"], r["backend"])
-            base_p50 = ref.get((r["backend"], r["batch"], "fp32")) or ref.get((r["backend"], r["batch"], r["precision"]))
+            base_row = ref.get((r["backend"], r["batch"], "fp32")) or ref.get((r["backend"], r["batch"], r["precision"]))
             lat = r["latency_ms"]
             points[(run["name"], r["precision"], r["backend"], r["batch"])] = {
                 "variant": run["name"], "precision": r["precision"], "backend": r["backend"], "batch": r["batch"],
@@ -171,9 +175,41 @@ def build_points(runs: list[dict]) -> list[dict]:
                 "throughput_ips": r["throughput_ips"], "top1": acc["top1"] if acc else None,
                 "top1_source": acc["source"] if acc else None, "n_eval": acc.get("n") if acc else None,
                 "params": run["params"], "macs": run["macs"], "host": r["host"],
-                "speedup": base_p50 / lat["p50"] if base_p50 else None,
+                "mode": r.get("mode", "sequential"), "rounds_ms": r.get("rounds_ms"), "profile": r.get("profile"),
+                "roofline": r.get("roofline"),
             }
+            points[(run["name"], r["precision"], r["backend"], r["batch"])].update(
+                _speedup_fields(base_row, points[(run["name"], r["precision"], r["backend"], r["batch"])], r is base_row))
     return list(points.values())
+
+
+def _pairable(a: dict, b: dict) -> bool:
+    """Two measurements timed interleaved in the same profile run, round for round."""
+    ra, rb = a.get("rounds_ms"), b.get("rounds_ms")
+    return (a.get("mode") == b.get("mode") == "interleaved" and a.get("profile") == b.get("profile")
+            and a.get("backend") == b.get("backend") and a.get("batch") == b.get("batch")
+            and bool(ra) and bool(rb) and len(ra) == len(rb))
+
+
+def compare(base: dict, p: dict) -> dict:
+    """Speedup of `p` over `base` (rows or points): paired per round with an interval and a verdict where both were
+    timed interleaved in one run, else the ratio of p50s without either."""
+    if _pairable(base, p):
+        return paired_speedup(base["rounds_ms"], p["rounds_ms"])
+    p50 = lambda r: r["latency_ms"]["p50"] if "latency_ms" in r else r["p50_ms"]  # noqa: E731
+    return {"speedup": p50(base) / p50(p), "ci95": None, "verdict": None}
+
+
+def _speedup_fields(base_row: Optional[dict], point: dict, is_base: bool = False) -> dict:
+    """Speedup against the baseline and the latency the advice ranks by: the baseline's p50 divided by the paired
+    speedup where there is one (drift of the machine then cannot reorder variants), else the point's own p50."""
+    if base_row is None:
+        return {"speedup": None, "speedup_ci95": None, "speedup_verdict": None, "p50_paired_ms": point["p50_ms"]}
+    if is_base:
+        return {"speedup": 1.0, "speedup_ci95": None, "speedup_verdict": None, "p50_paired_ms": point["p50_ms"]}
+    s = compare(base_row, point)
+    paired = base_row["latency_ms"]["p50"] / s["speedup"] if s["ci95"] else point["p50_ms"]
+    return {"speedup": s["speedup"], "speedup_ci95": s["ci95"], "speedup_verdict": s["verdict"], "p50_paired_ms": paired}
 
 
 def choose_setting(points: list[dict], backend: Optional[str] = None, batch: Optional[int] = None) -> tuple[str, int] | None:
@@ -192,15 +228,32 @@ def choose_setting(points: list[dict], backend: Optional[str] = None, batch: Opt
     return min(keys, key=lambda k: (-count(k), k[1], k[0]))
 
 
+def weight_bytes(p: dict) -> float:
+    """The size a tie between equivalent variants is broken by: params x bytes per weight of the precision."""
+    return p["params"] * WEIGHT_BYTES.get(str(p["precision"]), 4)
+
+
 def ship_advice(points: list[dict], setting: tuple[str, int]) -> dict[str, Any]:
-    """For the chosen setting: the Pareto-optimal points and, for every latency budget, the variant to ship."""
+    """For the chosen setting: the Pareto-optimal points and, for every latency budget, the variant to ship.
+
+    Speed differences count only where they are distinguishable: two variants timed interleaved in one run whose
+    paired speedup interval contains 1 are as fast as each other at this noise, and then the more accurate, else
+    the smaller one is preferred. Variants without paired rounds (sequential profiles, different files) are
+    compared by p50, and the advice says so."""
     mine = [p for p in points if (p["backend"], p["batch"]) == setting and p["top1"] is not None]
-    pairs = [(p["p50_ms"], p["top1"]) for p in mine]
-    front = pareto_front(pairs)
-    bands = [{"from_ms": lo, "to_ms": hi, "pick": mine[i]} for lo, hi, i in budget_bands(pairs)]
-    dominated = [p for i, p in enumerate(mine) if i not in front]
+    same = lambda i, j: _pairable(mine[i], mine[j]) and compare(mine[i], mine[j])["verdict"] == SAME  # noqa: E731
+    lat = [p.get("p50_paired_ms") or p["p50_ms"] for p in mine]
+    front, beaten = front_at_noise([(t, p["top1"], weight_bytes(p)) for t, p in zip(lat, mine)], same)
+    bands = [{"from_ms": lat[i], "to_ms": lat[front[k + 1]] if k + 1 < len(front) else None, "pick": mine[i]}
+             for k, i in enumerate(front)]
+    if bands:  # anything faster than the first pick is as fast as it at this noise, or beaten by it
+        bands[0]["from_ms"] = min(lat)
+    dominated = [{"point": mine[i], "by": mine[j], "why": why, "vs": compare(mine[i], mine[j])}
+                 for i, (j, why) in sorted(beaten.items())]
+    unpaired = any(not _pairable(a, b) for a in mine for b in mine if a is not b)
     return {"backend": setting[0], "batch": setting[1], "points": mine, "front": front, "bands": bands,
-            "dominated": dominated, "unevaluated": [p for p in points if (p["backend"], p["batch"]) == setting and p["top1"] is None]}
+            "dominated": dominated, "unpaired": unpaired,
+            "unevaluated": [p for p in points if (p["backend"], p["batch"]) == setting and p["top1"] is None]}
 
 
 # ------------------------------------------------------------------------------------------------ markdown
@@ -223,6 +276,18 @@ def _ms(v: Optional[float]) -> str:
 
 def _x(v: Optional[float]) -> str:
     return "—" if v is None else f"{v:.2f}×"
+
+
+def _lat(p: dict) -> float:
+    """The latency the advice ranks by: paired against the baseline where it could be, else the p50."""
+    return p.get("p50_paired_ms") or p["p50_ms"]
+
+
+def _sx(p: dict) -> str:
+    """A point's speedup against the dense baseline, with its interval where it was paired."""
+    if p.get("speedup") is None:
+        return "—"
+    return format_speedup({"speedup": p["speedup"], "ci95": p.get("speedup_ci95")})
 
 
 def _name(p: dict) -> str:
@@ -248,7 +313,7 @@ def _noise_lines(front: list[dict], noise: float | None, n: int) -> list[str]:
         gain = slow["top1"] - fast["top1"]
         if gain < noise:
             lines.append(f"- {_name(slow)} is only {100 * gain:.1f} points more accurate than {_name(fast)}, within that "
-                         f"noise: prefer {_name(fast)} ({_x(slow['p50_ms'] / fast['p50_ms'])} faster) unless a larger "
+                         f"noise: prefer {_name(fast)} ({_x(_lat(slow) / _lat(fast))} faster) unless a larger "
                          "eval set shows the gap is real.")
     return lines
 
@@ -267,17 +332,38 @@ def _ship_section(advice: dict, base_name: str) -> list[str]:
     for band in advice["bands"]:
         p = band["pick"]
         span = f"{_ms(band['from_ms'])} – {_ms(band['to_ms'])} ms" if band["to_ms"] else f"≥ {_ms(band['from_ms'])} ms"
-        lines.append(f"| {span} | {_name(p)} | {_pct(p['top1'])} | {_ms(p['p50_ms'])} | {_ms(p['p99_ms'])} | "
-                     f"{p['throughput_ips']:.0f} | {_x(p['speedup'])} | {_fmt_count(p['params'])} | {_fmt_count(p['macs'])} |")
+        lines.append(f"| {span} | {_name(p)} | {_pct(p['top1'])} | {_ms(p.get('p50_paired_ms') or p['p50_ms'])} | "
+                     f"{_ms(p['p99_ms'])} | "
+                     f"{p['throughput_ips']:.0f} | {_sx(p)} | {_fmt_count(p['params'])} | {_fmt_count(p['macs'])} |")
     fastest = advice["bands"][0]["from_ms"]
-    lines += ["", f"- Under {_ms(fastest)} ms nothing measured fits: compress further, use a lower precision, or a "
+    paired = [p for p in advice["points"] if p.get("speedup_ci95")]
+    lines += [""]
+    if paired:
+        lines.append(f"- Budgets and p50 here are `{base_name}`'s p50 divided by each variant's paired speedup (the "
+                     "median of per-round ratios), so drift of the machine during profiling cannot reorder the "
+                     "variants; each one's own p50 is in the tables below.")
+    lines += [f"- Under {_ms(fastest)} ms nothing measured fits: compress further, use a lower precision, or a "
               "faster backend.",
               "- Pareto-optimal (nothing else is both faster and at least as accurate): "
               + ", ".join(_name(advice["points"][i]) for i in advice["front"]) + "."]
-    for p in advice["dominated"]:
-        better = next(advice["points"][i] for i in advice["front"]
-                      if advice["points"][i]["p50_ms"] <= p["p50_ms"] and advice["points"][i]["top1"] >= p["top1"])
-        lines.append(f"- Skip {_name(p)} here: {_name(better)} is at least as fast and at least as accurate.")
+    for d in advice["dominated"]:
+        p, better, vs = d["point"], d["by"], d["vs"]
+        ratio = format_speedup(vs)  # how much faster `better` is than `p`
+        if d["why"] == "as fast":
+            gain = "more accurate" if better["top1"] > p["top1"] else "as accurate and smaller"
+            lines.append(f"- Skip {_name(p)} here: {_name(better)} is as fast at this noise ({ratio}) and {gain}.")
+        elif vs.get("ci95"):
+            lines.append(f"- Skip {_name(p)} here: {_name(better)} is faster ({ratio}) and at least as accurate.")
+        else:
+            lines.append(f"- Skip {_name(p)} here: {_name(better)} is at least as fast and at least as accurate.")
+    if advice["unpaired"]:
+        lines.append("- Some of these latencies were not timed interleaved in one run (a `--sequential` profile, or "
+                     "different profile files): they are compared by p50 alone, and drift of the machine between them "
+                     "can decide the order; profile the variants together to settle it.")
+    for d in advice.get("drift") or []:
+        lines.append(f"- The machine drifted while this was profiled: the reference's per-round p50 moved by "
+                     f"{100 * d['spread']:.0f} % ({_ms(d['p10_ms'])} to {_ms(d['p90_ms'])} ms). The speedups and the "
+                     "choices above are paired per round and cancel it; the single p50s carry it.")
     if advice["unevaluated"]:
         lines.append("- Measured but without a top-1 (not in this table): "
                      + ", ".join(_name(p) for p in advice["unevaluated"]) + "; run `vitdeploy eval` on them.")
@@ -293,12 +379,12 @@ def _other_settings(points: list[dict], chosen: tuple[str, int]) -> list[str]:
     lines = []
     for key in keys:
         mine = [p for p in points if (p["backend"], p["batch"]) == key]
-        fast = min(mine, key=lambda p: p["p50_ms"])
+        fast = min(mine, key=_lat)
         rated = [p for p in mine if p["top1"] is not None]
-        line = f"- {key[0]} batch {key[1]}: fastest {_name(fast)} ({_ms(fast['p50_ms'])} ms)"
+        line = f"- {key[0]} batch {key[1]}: fastest {_name(fast)} ({_ms(_lat(fast))} ms)"
         if rated:
-            front = [rated[i] for i in pareto_front([(p["p50_ms"], p["top1"]) for p in rated])]
-            line += "; Pareto-optimal " + ", ".join(f"{_name(p)} ({_ms(p['p50_ms'])} ms, {_pct(p['top1'])})" for p in front)
+            front = [rated[i] for i in pareto_front([(_lat(p), p["top1"]) for p in rated])]
+            line += "; Pareto-optimal " + ", ".join(f"{_name(p)} ({_ms(_lat(p))} ms, {_pct(p['top1'])})" for p in front)
         lines.append(line + ".")
     return (["Other settings (rerun with `--backend B --batch N` for their full advice):", "", *lines, ""]) if lines else []
 
@@ -319,15 +405,18 @@ def _summary_table(runs: list[dict], points: list[dict]) -> list[str]:
                    f"{_fmt_count(run['macs'])} ({run['macs'] / base['macs']:.2f}×)", _pct(acc["top1"] if acc else None)]
             for key in keys:
                 p = next((p for p in points if (p["variant"], p["precision"], p["backend"], p["batch"]) == (run["name"], prec, *key)), None)
-                row += [_ms(p["p50_ms"]), f"{p['throughput_ips']:.0f}", _x(p["speedup"])] if p else ["—", "—", "—"]
+                row += [_ms(p["p50_ms"]), f"{p['throughput_ips']:.0f}", _sx(p)] if p else ["—", "—", "—"]
             lines.append("| " + " | ".join(row) + " |")
     return lines + [""]
 
 
-def _latency_tables(points: list[dict], base_name: str) -> list[str]:
+def _latency_tables(points: list[dict], base_name: str, peaks: Optional[dict] = None) -> list[str]:
     lines = ["## Latency by backend and batch", "",
-             f"Sorted by p50; speedup against `{base_name}` fp32 on the same backend and batch. Latency is per call "
-             "(the whole batch), after warm-up, on the same seeded inputs for every variant.", ""]
+             f"Sorted by p50; speedup against `{base_name}` fp32 on the same backend and batch: where the two were "
+             "timed interleaved in one profile run, the median of their per-round ratios with its 95 % bootstrap "
+             "interval (an interval containing 1.00 means not distinguishable at this noise), else the ratio of "
+             "p50s. Latency is per call (the whole batch), after warm-up, on the same seeded inputs for every "
+             "variant.", ""]
     for backend, batch in sorted({(p["backend"], p["batch"]) for p in points}):
         mine = sorted((p for p in points if (p["backend"], p["batch"]) == (backend, batch)), key=lambda p: p["p50_ms"])
         hosts = ", ".join(dict.fromkeys(p["host"] for p in mine))
@@ -336,9 +425,14 @@ def _latency_tables(points: list[dict], base_name: str) -> list[str]:
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for p in mine:
             lines.append(f"| {p['variant']} | {p['precision']} | {_ms(p['p50_ms'])} | {_ms(p['p90_ms'])} | {_ms(p['p99_ms'])} | "
-                         f"{p['throughput_ips']:.0f} | {_x(p['speedup'])} | {_pct(p['top1'])} | {_fmt_count(p['params'])} | "
+                         f"{p['throughput_ips']:.0f} | {_sx(p)} | {_pct(p['top1'])} | {_fmt_count(p['params'])} | "
                          f"{_fmt_count(p['macs'])} |")
         lines.append("")
+    for backend, peak in (peaks or {}).items():
+        line = roofline_line(backend, peak, [p for p in points if p["backend"] == backend and p.get("roofline")],
+                             name=lambda p: f"`{p['variant']}` {p['precision']}")
+        if line:
+            lines += [f"- {line[0].upper()}{line[1:]}.", ""]
     return lines
 
 
@@ -372,7 +466,7 @@ def _op_section(runs: list[dict]) -> list[str]:
 
 
 def render_markdown(runs: list[dict], points: list[dict], advice: Optional[dict], plots: dict[str, Any],
-                    unmatched: list[str]) -> str:
+                    unmatched: list[str], peaks: Optional[dict] = None) -> str:
     base = _baseline(runs)
     lines = ["# vitdeploy report", "",
              f"{len(runs)} variants: " + ", ".join(f"`{r['name']}`" + (" (dense baseline)" if r is base else
@@ -388,7 +482,7 @@ def render_markdown(runs: list[dict], points: list[dict], advice: Optional[dict]
                   "--out RUN/profile.json`) and pass the file with `--profile`.", ""]
     lines += ["## Summary", "", *_summary_table(runs, points)]
     if points:
-        lines += _latency_tables(points, base["name"])
+        lines += _latency_tables(points, base["name"], peaks)
         if "latency_batch" in plots:
             lines += [f"![latency and throughput against batch size]({plots['latency_batch']})", ""]
     lines += _compression_section(runs, plots)
@@ -406,8 +500,11 @@ def render_markdown(runs: list[dict], points: list[dict], advice: Optional[dict]
 def _write_plots(runs: list[dict], points: list[dict], advice: Optional[dict], out: Path) -> dict[str, Any]:
     plots: dict[str, Any] = {"kept_dims": {}}
     if advice is not None and advice["points"]:
-        title = f"Top-1 against latency: {advice['backend']}, batch {advice['batch']} (p50)"
-        plots["accuracy_latency"] = plot_accuracy_latency(advice["points"], advice["front"], out / "accuracy_latency.png", title).name
+        paired = any(p.get("speedup_ci95") for p in advice["points"])
+        title = (f"Top-1 against latency: {advice['backend']}, batch {advice['batch']} "
+                 + ("(dense p50 / paired speedup)" if paired else "(p50)"))
+        shown = [dict(p, p50_ms=_lat(p)) for p in advice["points"]]  # the latencies the advice ranks by
+        plots["accuracy_latency"] = plot_accuracy_latency(shown, advice["front"], out / "accuracy_latency.png", title).name
     if points:
         series: dict[tuple[str, str, str], list[tuple[int, float, float]]] = {}
         for p in points:
@@ -424,7 +521,8 @@ def _write_plots(runs: list[dict], points: list[dict], advice: Optional[dict], o
 
 
 def _advice_json(advice: dict) -> dict:
-    brief = lambda p: {k: p[k] for k in ("variant", "precision", "p50_ms", "p99_ms", "top1", "speedup")}  # noqa: E731
+    brief = lambda p: {k: p[k] for k in ("variant", "precision", "p50_ms", "p99_ms", "top1", "speedup",  # noqa: E731
+                                         "speedup_ci95", "speedup_verdict", "p50_paired_ms")}
     return {"backend": advice["backend"], "batch": advice["batch"],
             "pareto_front": [brief(advice["points"][i]) for i in advice["front"]],
             "budgets": [{"from_ms": b["from_ms"], "to_ms": b["to_ms"], **brief(b["pick"])} for b in advice["bands"]]}
@@ -455,14 +553,21 @@ def build_report(run_dirs: list[Path], profile_files: list[Path], out: Path, bac
     points = build_points(runs)
     setting = choose_setting(points, backend, batch)
     advice = ship_advice(points, setting) if setting else None
+    peaks: dict[str, Any] = {}
+    for p in profiles:
+        for name, peak in (p.get("peaks") or {}).items():
+            peaks.setdefault(name, peak)
+    if advice is not None:
+        advice["drift"] = [d for p in profiles for d in p.get("drift") or []
+                           if (d.get("backend"), d.get("batch")) == setting and d.get("large")]
     matched = {r["artifact"] for run in runs for r in run["latency"]}
     unmatched = sorted({str(r.get("artifact")) for p in profiles for r in p.get("results", []) if r.get("artifact") not in matched})
-    out.mkdir(parents=True, exist_ok=True)
-    plots = _write_plots(runs, points, advice, out)
-    report = {"runs": runs, "points": points, "baseline": _baseline(runs)["name"],
-              "advice": None if advice is None else _advice_json(advice),
-              "plots": plots, "unmatched": unmatched,
-              "host": next((p.get("host") for p in profiles if p.get("host")), None)}
-    atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", render_markdown(runs, points, advice, plots, unmatched))
+    with staged_dir(out) as stage:  # a kill mid-report leaves the previous report or none, never half of one
+        plots = _write_plots(runs, points, advice, stage)
+        report = {"runs": runs, "points": points, "baseline": _baseline(runs)["name"],
+                  "advice": None if advice is None else _advice_json(advice),
+                  "plots": plots, "unmatched": unmatched, "peaks": peaks,
+                  "host": next((p.get("host") for p in profiles if p.get("host")), None)}
+        atomic_write_text(stage / "report.md", render_markdown(runs, points, advice, plots, unmatched, peaks))
+        atomic_write_json(stage / "report.json", report)
     return report

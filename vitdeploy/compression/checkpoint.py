@@ -19,8 +19,8 @@ from typing import Any, Optional
 import torch
 
 from vitdeploy import distributed
-from vitdeploy.errors import CheckpointError
-from vitdeploy.io import atomic_file, atomic_write_json, read_json
+from vitdeploy.errors import CheckpointError, OutputError
+from vitdeploy.io import atomic_file, atomic_write_json, read_json, write_failure
 from vitdeploy.models.modeldir import json_ready
 from vitdeploy.progress import console
 
@@ -50,10 +50,26 @@ class PhaseCheckpoint:
 
     def save(self, state: dict) -> None:
         if distributed.is_main():
-            self.run.start()
-            with atomic_file(self.path) as tmp:
-                torch.save({"format": 1} | state, tmp)
+            try:
+                self.run.start()
+                with atomic_file(self.path) as tmp:
+                    torch.save({"format": 1} | state, tmp)
+            except (OSError, RuntimeError, OutputError) as e:
+                self.run.drop_if_empty()  # a first checkpoint that could not be written leaves no folder behind
+                raise self._write_error(e) from None
         distributed.barrier()
+
+    def _write_error(self, e: Exception) -> Exception:
+        """torch reports a failed write (disk full, file too large, read-only) as a RuntimeError without an errno."""
+        if isinstance(e, OutputError):
+            return e
+        err = write_failure(e, self.path) if isinstance(e, OSError) else None
+        if err is not None:
+            return err
+        if isinstance(e, RuntimeError):
+            return OutputError(f"cannot write checkpoint '{self.path}' (is the disk full or read-only? "
+                               f"{' '.join(str(e).split())[:120]})")
+        return e
 
 
 class RunCheckpoints:
@@ -84,6 +100,11 @@ class RunCheckpoints:
         if not meta.exists():
             self.root.mkdir(parents=True, exist_ok=True)
             atomic_write_json(meta, {"fingerprint": self.fingerprint})
+
+    def drop_if_empty(self) -> None:
+        """Remove the folder when it holds no phase checkpoint yet (only run.json, or nothing)."""
+        if self.root.is_dir() and not any(p.suffix == ".pt" for p in self.root.iterdir()):
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def phase(self, name: str) -> PhaseCheckpoint:
         return PhaseCheckpoint(self, name)

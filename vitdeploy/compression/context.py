@@ -15,8 +15,8 @@ from vitdeploy.compression.checkpoint import PhaseCheckpoint, RunCheckpoints
 from vitdeploy.compression.methods import get_method
 from vitdeploy.compression.recipe import Recipe, TrainCfg
 from vitdeploy.compression.train import evaluate_top1, seed_everything
-from vitdeploy.data import dataset_data_config, load_dataset, make_loader
-from vitdeploy.errors import VitDeployError
+from vitdeploy.data import calibration_subset, dataset_data_config, load_dataset, make_loader
+from vitdeploy.errors import DataError, VitDeployError
 from vitdeploy.models import LoadedModel, count_macs, count_params
 
 
@@ -27,18 +27,36 @@ def data_config_for(loaded: LoadedModel, data: Optional[str]) -> dict:
     return dict(own) if own is not None else dict(loaded.data_config)
 
 
-def match_classes(loaded: LoadedModel, num_classes: int) -> bool:
-    """Give the model a fresh head when the data has a different number of classes. True if it changed."""
+def is_fresh(loaded: LoadedModel) -> bool:
+    """A timm name built with random weights: nothing trained to lose when its head is replaced."""
+    return loaded.source.get("kind") == "timm" and not loaded.source.get("pretrained")
+
+
+def match_classes(loaded: LoadedModel, num_classes: int, data: str = "the data", new_head: bool = False) -> bool:
+    """Give the model a head for the data's classes when it has another number of them. True if it changed.
+
+    A fresh model gets one without asking; a trained one (model dir, checkpoint, pretrained weights) only with
+    `new_head`, since its head's classes are what its accuracy means."""
     if loaded.model.num_classes == num_classes:
         return False
+    if not (new_head or is_fresh(loaded)):
+        raise DataError(f"the model scores {loaded.model.num_classes} classes but {data} has {num_classes}: pass "
+                        f"--new-head to train a fresh head for this data")
     loaded.model.reset_classifier(num_classes)
     loaded.arch.kwargs["num_classes"] = num_classes
     return True
 
 
-def make_loaders(data: str, data_config: dict, batch_size: int, seed: int, augment: bool):
-    train = load_dataset(data, "train", data_config, augment=augment, seed=seed)
-    val = load_dataset(data, "val", data_config)
+TRAIN_SUBSET_SEED = 0  # a shortened schedule trains every seed and every method on the same images
+
+
+def make_loaders(data: str, data_config: dict, batch_size: int, seed: int, augment: bool,
+                 train_images: Optional[int] = None, skip_bad_images: bool = False):
+    """Train and val loaders; with `train_images`, the train split is a fixed subset of that many images."""
+    train = load_dataset(data, "train", data_config, augment=augment, seed=seed, skip_bad_images=skip_bad_images)
+    if train_images is not None and train_images < len(train):
+        train = calibration_subset(train, train_images, TRAIN_SUBSET_SEED)
+    val = load_dataset(data, "val", data_config, skip_bad_images=skip_bad_images)
     return (make_loader(train, batch_size, shuffle=True, seed=seed, drop_last=len(train) > batch_size, shard=True),
             make_loader(val, 256, shard=True), train, val)
 
@@ -82,7 +100,8 @@ class CompressContext:
         ft = self.recipe.finetune
         if cfg.batch_size == ft.batch_size and cfg.augment == ft.augment:
             return self.train_loader
-        return make_loaders(self.data, self.data_config, cfg.batch_size, self.recipe.seed, cfg.augment)[0]
+        return make_loaders(self.data, self.data_config, cfg.batch_size, self.recipe.seed, cfg.augment,
+                            self.recipe.train_images)[0]
 
     def checkpoint(self, phase: str) -> Optional[PhaseCheckpoint]:
         """Where a training phase of this run saves and resumes (None when the run keeps no checkpoints)."""
@@ -107,7 +126,8 @@ def make_context(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: 
                                                "recipe": recipe.to_dict()}, resume, recipe.checkpoint_every)
     if data is not None:
         ctx.train_loader, ctx.val_loader, ctx.train_set, _ = make_loaders(data, data_config, recipe.finetune.batch_size,
-                                                                      recipe.seed, recipe.finetune.augment)
+                                                                      recipe.seed, recipe.finetune.augment,
+                                                                      recipe.train_images)
         if ctx.train_set.num_classes != ctx.dense.num_classes:
             raise VitDeployError(f"the model has {ctx.dense.num_classes} classes but data '{data}' has "
                                  f"{ctx.train_set.num_classes}: train it on this data first (vitdeploy train)")

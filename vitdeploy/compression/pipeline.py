@@ -20,12 +20,14 @@ from vitdeploy.provenance import provenance
 
 
 def run_train(loaded: LoadedModel, data: str, cfg: TrainCfg, out: Path, seed: int = 0, resume: bool = False,
-              checkpoint_every: int = 0) -> dict:
-    """Train and write a model dir. Checkpoints go to OUT.ckpt/ (see compress.checkpoint); `resume` continues them."""
+              checkpoint_every: int = 0, new_head: bool = False, skip_bad_images: bool = False) -> dict:
+    """Train and write a model dir. Checkpoints go to OUT.ckpt/ (see compress.checkpoint); `resume` continues them.
+    A trained model whose classes differ from the data's gets a new head only with `new_head`."""
     seed_everything(seed)
     data_config = data_config_for(loaded, data)
-    train_loader, val_loader, train_ds, _ = make_loaders(data, data_config, cfg.batch_size, seed, cfg.augment)
-    reset = match_classes(loaded, train_ds.num_classes)
+    train_loader, val_loader, train_ds, val_ds = make_loaders(data, data_config, cfg.batch_size, seed, cfg.augment,
+                                                              skip_bad_images=skip_bad_images)
+    reset = match_classes(loaded, train_ds.num_classes, data, new_head)
     model = loaded.model.to(distributed.device())
     ckpts = RunCheckpoints(out, {"command": "train", "model": loaded.source, "data": data, "seed": seed, "train": vars(cfg)},
                            resume, checkpoint_every)
@@ -37,6 +39,10 @@ def run_train(loaded: LoadedModel, data: str, cfg: TrainCfg, out: Path, seed: in
         "params": count_params(model), "macs": count_macs(model, tuple(data_config["input_size"])),
         "top1": history["val_top1"], "history": history["epochs"], "train_config": vars(cfg) | {"seed": seed},
     }
+    # one folder can serve both splits: a file is counted once
+    skipped = list(dict.fromkeys([*getattr(train_ds, "skipped", []), *getattr(val_ds, "skipped", [])]))
+    if skip_bad_images:
+        summary["skipped_images"] = skipped
     if distributed.is_main():
         with staged_dir(out) as stage:
             save_model_dir(stage, model, arch, data_config, classes=list(train_ds.classes),

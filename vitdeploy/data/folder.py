@@ -7,6 +7,7 @@ Labels index the sorted class-folder names, so a class with no images in one spl
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,7 +23,6 @@ from vitdeploy.errors import DataError
 
 # data config keys passed on to timm.data.create_transform; anything else in the dict is ignored
 TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-_PROBE_IMAGES = 5  # how many files to try before declaring a folder unreadable
 
 
 def _one_line(err: BaseException) -> str:
@@ -60,6 +60,13 @@ def resolve_imagefolder(path: str | Path, split: str) -> tuple[Path, list[str], 
     return root, classes, "single"
 
 
+def _at_least_two(root: Path, classes: list[str]) -> None:
+    """One class makes a classifier that is right by construction: its 100 % means nothing."""
+    if len(classes) < 2:
+        raise DataError(f"data path {root} has {len(classes)} class folder ({', '.join(classes)}); a classifier "
+                        f"needs at least 2 classes")
+
+
 def _matching_classes(train_dir: Path, val_dir: Path) -> list[str]:
     train, val = _class_dirs(train_dir), _class_dirs(val_dir)
     if not train:
@@ -78,17 +85,46 @@ def imagefolder_classes(path: str | Path) -> list[str]:
     return resolve_imagefolder(path, "train")[1]
 
 
-def _probe_readable(samples: list[tuple[str, int]], folder: Path) -> None:
-    """Decode the first few images so an unreadable folder fails now, with a clear line, not mid-epoch."""
-    errors = []
-    for file, _ in samples[:_PROBE_IMAGES]:
-        try:
+def _open_checked(file: str) -> Image.Image:
+    """The image at `file`, opened and decoded to RGB; a corrupt, truncated or decompression-bomb file is a DataError
+    naming it (timm's own dataset would log a warning and hand back the next image instead)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(file) as img:
-                img.convert("RGB")
-            return
-        except (OSError, ValueError, SyntaxError) as e:
-            errors.append(f"{file}: {_one_line(e)}")
-    raise DataError(f"no readable images in {folder} (first failure: {errors[0]})")
+                return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"image {file} cannot be read ({_one_line(e)}); fix or remove it, or pass "
+                        f"--skip-bad-images to leave such files out") from None
+
+
+def _verify(file: str) -> None:
+    """Check one file without decoding all of its pixels: the header, the size against PIL's decompression-bomb
+    limit, and the file's structure (PIL's verify: chunk checksums for PNG)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as img:
+                img.verify()
+    except Exception as e:  # PIL raises many types for a bad file (struct.error, IndexError, ...): all mean "bad"
+        raise DataError(f"image {file} cannot be read ({_one_line(e)}); fix or remove it, or pass "
+                        f"--skip-bad-images to leave such files out") from None
+
+
+def verified_samples(samples: list[tuple[str, int]], skip_bad: bool) -> tuple[list[tuple[str, int]], list[str]]:
+    """(samples whose files pass `_verify`, files left out). A bad file is an error unless `skip_bad`, so that an
+    accuracy is never silently measured on another set of images than the folder holds."""
+    kept, skipped = [], []
+    for file, target in samples:
+        try:
+            _verify(file)
+        except DataError:
+            if not skip_bad:
+                raise
+            skipped.append(str(file))
+            continue
+        kept.append((file, target))
+    return kept, skipped
 
 
 def _transform(data_config: Mapping[str, Any], is_training: bool):
@@ -101,7 +137,8 @@ class ImageFolderDataset(Dataset):
     """Items are (float32 [3, H, W] normalised image, int label), via timm's ImageDataset and create_transform."""
 
     def __init__(
-        self, path: str | Path, split: str, data_config: Mapping[str, Any], augment: bool = False
+        self, path: str | Path, split: str, data_config: Mapping[str, Any], augment: bool = False,
+        skip_bad_images: bool = False,
     ) -> None:
         self.split = check_split(split)
         self.spec_path = str(path)
@@ -110,18 +147,21 @@ class ImageFolderDataset(Dataset):
         self.augment = bool(augment) and self.split == "train"
         self.data_config = dict(data_config)
         self._ds = self._open(self.folder, self.classes)
-        self._ds.transform = _transform(self.data_config, is_training=self.augment)
+        samples, self.skipped = verified_samples(self._ds.reader.samples, skip_bad_images)
+        if not samples:
+            raise DataError(f"no readable images in {self.folder} ({len(self.skipped)} unreadable files skipped)")
+        _at_least_two(self.folder, self.classes)
+        self._ds.reader.samples = samples
+        self._transform = _transform(self.data_config, is_training=self.augment)
 
     @staticmethod
     def _open(folder: Path, classes: list[str]) -> ImageDataset:
         class_to_idx = {name: i for i, name in enumerate(classes)}
         try:
-            ds = ImageDataset(str(folder), class_map=class_to_idx)
+            return ImageDataset(str(folder), class_map=class_to_idx)
         except RuntimeError:  # timm: "Found 0 images in subfolders of ..."
             exts = " ".join(get_img_extensions())
             raise DataError(f"no images in the class subfolders of {folder} (looked for {exts})") from None
-        _probe_readable(ds.reader.samples, folder)
-        return ds
 
     @property
     def targets(self) -> list[int]:
@@ -145,11 +185,12 @@ class ImageFolderDataset(Dataset):
             "folder": str(self.folder),
             "layout": self.layout,
             "augment": self.augment,
+            "skipped_images": len(self.skipped),
         }
 
     def __len__(self) -> int:
         return len(self._ds)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img, target = self._ds[index]
-        return img, int(target)
+        file, target = self._ds.reader.samples[index]
+        return self._transform(_open_checked(file)), int(target)

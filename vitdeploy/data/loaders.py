@@ -22,13 +22,15 @@ def load_dataset(
     data_config: Mapping[str, Any] | None,
     augment: bool = False,
     seed: int = 0,
+    skip_bad_images: bool = False,
 ) -> Dataset:
     """The `split` ("train" | "val", and "test" for fashion-mnist) of the dataset named by `spec`, preprocessed for
     `data_config`.
 
     The result has .num_classes, .classes and .info; items are (float32 [3, H, W] normalised image, int label).
     Augmentation applies to the train split only. Digits and fashion-mnist use their own recorded mean/std
-    (see dataset_data_config), imagefolder the config's.
+    (see dataset_data_config), imagefolder the config's. An image folder's files are verified first: a bad one is a
+    DataError naming it, or, with `skip_bad_images`, left out and listed in the dataset's `.skipped`.
     """
     spec = parse_data_spec(spec)
     check_split(split, splits_of(spec))
@@ -38,7 +40,7 @@ def load_dataset(
         return load_fashion_dataset(split, data_config, augment=augment, seed=seed, path=spec.path)
     if data_config is None:
         raise DataError("imagefolder data needs the model's data config (input_size, mean, std, ...)")
-    return ImageFolderDataset(spec.path, split, data_config, augment=augment)
+    return ImageFolderDataset(spec.path, split, data_config, augment=augment, skip_bad_images=skip_bad_images)
 
 
 def dataset_num_classes(spec: str | DataSpec, data_config: Mapping[str, Any] | None = None) -> int:

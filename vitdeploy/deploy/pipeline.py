@@ -25,7 +25,7 @@ from vitdeploy.deploy.graph import clean_graph
 from vitdeploy.deploy.int8 import DEFAULT_CALIB_IMAGES, Int8Config, quantize_int8
 from vitdeploy.deploy.onnx_export import export_onnx, onnx_summary, scratch_graph, write_onnx
 from vitdeploy.errors import DataError, VitDeployError
-from vitdeploy.io import atomic_write_json, sha256_file, staged_dir
+from vitdeploy.io import atomic_write_json, seal, sha256_file, staged_dir
 from vitdeploy.models import LoadedModel
 from vitdeploy.models.modeldir import json_ready
 from vitdeploy.precision import PRECISIONS, parse_precisions  # noqa: F401 (parse_precisions: part of this module's API)
@@ -101,8 +101,10 @@ def resolve_target(name: Optional[str]) -> Any:
 
 
 def model_name(loaded: LoadedModel) -> str:
+    """The timm name, or the stem of the file or folder the model came from (resolved, so `export .` names the
+    folder it runs in, not '')."""
     src = loaded.source
-    return str(src.get("name") or Path(src.get("path", "model")).stem)
+    return str(src.get("name") or Path(src.get("path", "model")).resolve().stem or "model")
 
 
 # ---------------------------------------------------------------------------------------- reference
@@ -211,7 +213,7 @@ def run_export(loaded: LoadedModel, out: Path, cfg: ExportConfig) -> dict:
         shutil.rmtree(work)
         report["files"] = _file_manifest(stage)
         report["provenance"] = provenance(source=loaded.source)
-        atomic_write_json(stage / "export.json", report)
+        atomic_write_json(stage / "export.json", seal(report))  # the seal covers data_config, input_size, ...
         step("done")
     return report
 

@@ -97,7 +97,9 @@ def shell_line(args: list[str]) -> str:
 
 # ------------------------------------------------------------------------------------------- the script
 _PRELUDE = r'''set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")"
+# The script's own path, taken before the cd below: --help reads the header from it wherever it is run from.
+SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+cd "$(dirname "$SELF")"
 
 die() { echo "error: $*" >&2; exit 2; }
 run() { printf '+'; printf ' %q' "$@"; printf '\n'; "$@"; }
@@ -165,7 +167,7 @@ case "${1:-build}" in
   bench) bench ;;
   triton) install_triton ;;
   all) build; install_triton; bench ;;
-  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' ;;
+  -h|--help) sed -n '2,/^set -euo/p' "$SELF" | sed '$d' ;;
   *) die "unknown step '$1' (build, bench, triton, all)" ;;
 esac
 '''

@@ -12,6 +12,7 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from vitdeploy.errors import ModelError
+from vitdeploy.validate import exact_keys, finite_number, int_list, mapping, optional_positive_int, positive_int
 from vitdeploy.models.surgery import IndexSelect, LowRankLinear, PrunedAttention, PrunedMlp, attention_dims
 
 SUPPORTED = (
@@ -45,8 +46,24 @@ class BlockDims:
     mlp: MlpDims
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BlockDims":
-        return cls(attn=AttnDims(**d["attn"]), mlp=MlpDims(**d["mlp"]))
+    def from_dict(cls, d: Any, field: str = "block") -> "BlockDims":
+        """Checked field by field: every count an integer >= 1, the scale a finite number > 0, ranks None or >= 1."""
+        d = mapping(d, field, ModelError)
+        exact_keys(d, field, ("attn", "mlp"), error=ModelError)
+        a = mapping(d["attn"], f"{field}.attn", ModelError)
+        exact_keys(a, f"{field}.attn", ("num_heads", "qk_head_dim", "v_head_dim", "in_dim", "scale"),
+                   ("qkv_rank", "proj_rank"), ModelError)
+        m = mapping(d["mlp"], f"{field}.mlp", ModelError)
+        exact_keys(m, f"{field}.mlp", ("in_dim", "hidden"), ("fc1_rank", "fc2_rank"), ModelError)
+        attn = AttnDims(
+            **{k: positive_int(a[k], f"{field}.attn.{k}", ModelError) for k in ("num_heads", "qk_head_dim",
+                                                                                   "v_head_dim", "in_dim")},
+            scale=finite_number(a["scale"], f"{field}.attn.scale", ModelError, positive=True),
+            **{k: optional_positive_int(a.get(k), f"{field}.attn.{k}", ModelError) for k in ("qkv_rank", "proj_rank")})
+        mlp = MlpDims(
+            **{k: positive_int(m[k], f"{field}.mlp.{k}", ModelError) for k in ("in_dim", "hidden")},
+            **{k: optional_positive_int(m.get(k), f"{field}.mlp.{k}", ModelError) for k in ("fc1_rank", "fc2_rank")})
+        return cls(attn=attn, mlp=mlp)
 
 
 @dataclass
@@ -61,11 +78,40 @@ class ArchSpec:
         return {"base": self.base, "kwargs": self.kwargs, "blocks": [asdict(b) for b in self.blocks]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ArchSpec":
-        try:
-            return cls(base=d["base"], kwargs=dict(d.get("kwargs", {})), blocks=[BlockDims.from_dict(b) for b in d["blocks"]])
-        except (KeyError, TypeError) as e:
-            raise ModelError(f"architecture description is malformed ({type(e).__name__}: {e})") from None
+    def from_dict(cls, d: Any, where: str = "architecture") -> "ArchSpec":
+        """The description read from vitdeploy.json or a checkpoint's metadata, checked by type and range before
+        anything is built from it; a bad field is a one-line ModelError naming it (`where` says whose)."""
+        d = mapping(d, where, ModelError)
+        exact_keys(d, where, ("base", "blocks"), ("kwargs",), ModelError)
+        if not isinstance(d["base"], str) or not d["base"]:
+            raise ModelError(f"{where}.base must be a timm model name, got {str(d['base'])[:60]!r}")
+        kwargs = check_kwargs(mapping(d.get("kwargs", {}), f"{where}.kwargs", ModelError), f"{where}.kwargs")
+        if not isinstance(d["blocks"], list):
+            raise ModelError(f"{where}.blocks must be a list, got {str(d['blocks'])[:60]!r}")
+        blocks = [BlockDims.from_dict(b, f"{where}.blocks[{i}]") for i, b in enumerate(d["blocks"])]
+        return cls(base=d["base"], kwargs=kwargs, blocks=blocks)
+
+
+# timm keyword arguments whose values are counts or sizes: checked before timm sees them (timm would build a
+# tensor of negative size, or compare a string with an int, and fail with a message that names neither)
+_COUNT_KWARGS = ("num_classes", "embed_dim", "depth", "num_heads", "in_chans", "reg_tokens", "class_token_count")
+_SIZE_KWARGS = ("img_size", "patch_size")
+
+
+def check_kwargs(kwargs: dict, field: str) -> dict:
+    for k in _COUNT_KWARGS:
+        if k in kwargs and not (k == "num_classes" and kwargs[k] == 0) and not (k == "reg_tokens" and kwargs[k] == 0):
+            positive_int(kwargs[k], f"{field}.{k}", ModelError)
+    for k in _SIZE_KWARGS:
+        if k in kwargs:
+            v = kwargs[k]
+            if isinstance(v, (list, tuple)):
+                int_list(v, f"{field}.{k}", 2, ModelError)
+            else:
+                positive_int(v, f"{field}.{k}", ModelError)
+    if "mlp_ratio" in kwargs:
+        finite_number(kwargs["mlp_ratio"], f"{field}.mlp_ratio", ModelError, positive=True)
+    return dict(kwargs)
 
 
 def check_supported(model: nn.Module, name: str) -> None:
@@ -128,6 +174,11 @@ def create_base(base: str, kwargs: dict[str, Any], pretrained: bool = False) -> 
         raise
     except TypeError as e:
         raise ModelError(f"cannot build '{base}' with {kwargs}: {e}") from None
+    except (ValueError, AssertionError, RuntimeError) as e:
+        if pretrained:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ModelError(f"could not load pretrained weights for '{base}' (is the model hub reachable?): {msg}") from None
+        raise ModelError(f"cannot build '{base}' with {kwargs}: {' '.join(str(e).split())[:200]}") from None
     except Exception as e:  # hub, network, file-system problems while fetching weights
         if pretrained:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -163,14 +214,16 @@ def _create_pretrained(base: str, kwargs: dict[str, Any]) -> nn.Module:
         hub.HF_HUB_OFFLINE = False
 
 
-def build(arch: ArchSpec) -> VisionTransformer:
-    """An (uninitialised-weights) model with every block shaped as `arch` says. Weights come from a state dict."""
+def build(arch: ArchSpec, where: str = "architecture") -> VisionTransformer:
+    """An (uninitialised-weights) model with every block shaped as `arch` says. Weights come from a state dict.
+    `where` names the description in errors (e.g. "model dir 'runs/s40': vitdeploy.json arch")."""
     model = create_base(arch.base, arch.kwargs)
     if len(arch.blocks) != len(model.blocks):
         raise ModelError(f"architecture lists {len(arch.blocks)} blocks but '{arch.base}' has {len(model.blocks)}")
     width = model.embed_dim
-    for blk, want in zip(model.blocks, arch.blocks):
+    for i, (blk, want) in enumerate(zip(model.blocks, arch.blocks)):
         have = describe_block(blk, width)
+        check_within(want, have, width, f"{where}.blocks[{i}]")
         if want.attn != have.attn:
             a = want.attn
             old = blk.attn
@@ -194,6 +247,23 @@ def build(arch: ArchSpec) -> VisionTransformer:
                 drop=(old.drop1.p, old.drop2.p),
             )
     return model
+
+
+def check_within(want: BlockDims, dense: BlockDims, width: int, where: str) -> None:
+    """Pruning and factoring only ever shrink a block: a description wider than the dense block it came from (or a
+    rank no smaller than its layer) is refused in one line before any tensor is allocated for it."""
+    a, d, m = want.attn, dense.attn, want.mlp
+    qkv_out, proj_in = a.num_heads * (2 * a.qk_head_dim + a.v_head_dim), a.num_heads * a.v_head_dim
+    bounds = [
+        ("attn.in_dim", a.in_dim, width), ("mlp.in_dim", m.in_dim, width), ("mlp.hidden", m.hidden, dense.mlp.hidden),
+        ("attn.num_heads x attn.qk_head_dim", a.num_heads * a.qk_head_dim, d.num_heads * d.qk_head_dim),
+        ("attn.num_heads x attn.v_head_dim", proj_in, d.num_heads * d.v_head_dim),
+        ("attn.qkv_rank", a.qkv_rank, min(a.in_dim, qkv_out)), ("attn.proj_rank", a.proj_rank, min(proj_in, width)),
+        ("mlp.fc1_rank", m.fc1_rank, min(m.in_dim, m.hidden)), ("mlp.fc2_rank", m.fc2_rank, min(m.hidden, width)),
+    ]
+    for name, value, limit in bounds:
+        if value is not None and value > limit:
+            raise ModelError(f"{where}: {name} is {value}, more than the {limit} the dense block allows")
 
 
 def _resized_norm(norm: nn.Module, width: int) -> nn.Module:

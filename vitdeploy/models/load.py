@@ -10,10 +10,11 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from vitdeploy.errors import CheckpointError, ModelError
-from vitdeploy.io import sha256_file
+from vitdeploy.io import is_staging_path, refuse_staged, sha256_file
 from vitdeploy.models import modeldir
 from vitdeploy.models.arch import ArchSpec, build, create_base, describe
 from vitdeploy.models.stem import input_channels
+from vitdeploy.validate import class_names
 
 _CKPT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
 
@@ -42,6 +43,17 @@ def default_data_config(model: nn.Module) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
+def check_data_config(cfg: Any, model: nn.Module, field: str) -> None:
+    """The normalisation and input size every stage feeds the model with (vitdeploy.validate.data_config), and an
+    input size that is the one the architecture was built for."""
+    from vitdeploy.validate import data_config
+
+    size = list(data_config(cfg, field, ModelError)["input_size"])
+    built = [input_channels(model), *(int(s) for s in model.patch_embed.img_size)]
+    if size != built:
+        raise ModelError(f"{field}.input_size is {size} but the architecture takes {built}")
+
+
 def load_model(
     spec: str,
     checkpoint: Optional[str] = None,
@@ -52,6 +64,9 @@ def load_model(
     """Resolve MODEL. `checkpoint` fills a timm architecture from a file; `arch` names the timm architecture of a
     bare checkpoint file given as MODEL; `overrides` are timm kwargs (e.g. num_classes) for fresh models."""
     path = Path(spec)
+    for given in (path, Path(checkpoint) if checkpoint else None):
+        if given is not None and given.exists() and not is_staging_path(given):  # a staging dir itself: read_config says so
+            refuse_staged(given, "a model or checkpoint")
     if path.is_dir():
         if checkpoint or pretrained:
             raise ModelError("--checkpoint/--pretrained apply to timm names, not to a model dir")
@@ -76,11 +91,14 @@ def load_model_dir(path: str | Path) -> LoadedModel:
     path = Path(path)
     cfg = modeldir.read_config(path)
     modeldir.verify_files(path, cfg)
-    arch = ArchSpec.from_dict(cfg["arch"])
-    model = build(arch)
+    where = f"model dir '{path}': {modeldir.CONFIG}"
+    arch = ArchSpec.from_dict(cfg.get("arch"), f"{where} arch")
+    model = build(arch, f"{where} arch")
     state = modeldir.load_state_file(path / modeldir.WEIGHTS)
     _load_state(model, state, f"model dir '{path}'", arch.base)
     data_config = cfg.get("data_config") or default_data_config(model)
+    check_data_config(data_config, model, f"{where} data_config")
+    class_names(cfg.get("classes"), f"{where} classes", int(model.num_classes) or None, ModelError)
     return LoadedModel(
         model=model.eval(), arch=arch, data_config=data_config,
         source={"kind": "model_dir", "path": str(path), "sha256": cfg["files"][modeldir.WEIGHTS]["sha256"]},
@@ -92,8 +110,8 @@ def _from_checkpoint(path: Path, arch_name: Optional[str], overrides: Optional[d
     state = modeldir.load_state_file(path)
     stored = modeldir.safetensors_arch(path) if path.suffix == ".safetensors" else None
     if stored is not None and arch_name is None:
-        arch = ArchSpec.from_dict(stored)
-        model = build(arch)
+        arch = ArchSpec.from_dict(stored, f"checkpoint '{path}' metadata: arch")
+        model = build(arch, f"checkpoint '{path}' metadata: arch")
     else:
         if arch_name is None:
             raise ModelError(f"checkpoint '{path}' does not say its architecture: pass --arch NAME (a timm model name)")

@@ -3,6 +3,8 @@ Loading rebuilds the module tree from the JSON and fills it from safetensors: no
 from __future__ import annotations
 
 import json
+import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vitdeploy.errors import CheckpointError, IntegrityError
-from vitdeploy.io import atomic_file, atomic_write_json, is_staging_path, sha256_file, verify_entry
+from vitdeploy.io import atomic_file, atomic_write_json, check_seal, is_staging_path, seal, sha256_file, verify_entry
 from vitdeploy.models.arch import ArchSpec
 
 FORMAT = "vitdeploy.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the record is sealed (record_sha256 over the whole description)
 CONFIG = "vitdeploy.json"
 WEIGHTS = "model.safetensors"
 
@@ -38,7 +40,10 @@ def json_ready(obj: Any) -> Any:
 def save_weights(model: nn.Module, path: Path, arch: ArchSpec) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_file(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT, "arch": json.dumps(arch.to_dict())})
+        try:
+            save_file(state, str(tmp), metadata={"format": FORMAT, "arch": json.dumps(arch.to_dict())})
+        except SafetensorError as e:  # safetensors reports a failed write as "... (os error 28)": keep the errno
+            raise os_error_of(e, tmp) from None
 
 
 def save_model_dir(out: str | Path, model: nn.Module, arch: ArchSpec, data_config: dict,
@@ -58,8 +63,15 @@ def save_model_dir(out: str | Path, model: nn.Module, arch: ArchSpec, data_confi
         "files": files,
         **json_ready(extra),
     }
-    atomic_write_json(out / CONFIG, cfg)
+    atomic_write_json(out / CONFIG, seal(cfg))
     return out
+
+
+def os_error_of(e: Exception, path: Path) -> Exception:
+    """The OSError behind a library's write error ("... (os error 28)"), so that a full disk reads as one; the error
+    itself when it names no errno."""
+    m = re.search(r"os error (\d+)", str(e))
+    return OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(path)) if m else e
 
 
 def read_config(path: str | Path) -> dict:
@@ -70,12 +82,20 @@ def read_config(path: str | Path) -> dict:
         cfg = json.loads((path / CONFIG).read_text())
     except FileNotFoundError:
         raise CheckpointError(f"'{path}' is a folder but not a vitdeploy model dir (no {CONFIG})") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"model dir '{path}': {CONFIG} is a folder, not a file") from None
+    except PermissionError:
+        raise CheckpointError(f"model dir '{path}': {CONFIG} cannot be read (permission denied)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"model dir '{path}': {CONFIG} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise CheckpointError(f"model dir '{path}': {CONFIG} is not a vitdeploy model description")
-    if cfg.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"model dir '{path}' has format version {cfg['format_version']}; this vitdeploy reads up to {FORMAT_VERSION}")
+    version = cfg.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"model dir '{path}': {CONFIG} format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"model dir '{path}' has format version {version}; this vitdeploy reads up to {FORMAT_VERSION}")
+    check_seal(cfg, f"model dir '{path}'", CONFIG)
     return cfg
 
 
@@ -107,13 +127,22 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     return _unwrap_state(obj, path)
 
 
+_WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model")  # keys training scripts wrap a state dict in
+
+
 def _unwrap_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+    for key in _WRAPPERS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint '{path}' does not hold a state dict of tensors")
+    wrapped = [k for k in _WRAPPERS if k in obj]
+    if wrapped:  # {'model': tensor}: timm's key filter would unwrap it again and fail on the tensor
+        raise CheckpointError(f"checkpoint '{path}': '{wrapped[0]}' holds a single tensor, not a state dict of "
+                              f"parameter names to tensors")
+    if not all(isinstance(k, str) for k in obj):
+        raise CheckpointError(f"checkpoint '{path}' has state dict keys that are not parameter names (strings)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 

@@ -10,11 +10,11 @@ from typing import Any
 _EXPORTS = {
     "Runner": "base",
     "BACKENDS": "registry", "parse_backends": "registry", "check_backend_available": "registry",
-    "create_runner": "registry",
+    "create_runner": "registry", "gemm_peak": "registry",
     "TorchRunner": "torch",
     "OrtRunner": "onnxrt", "session_options": "onnxrt", "ort_op_profile": "onnxrt", "summarize_ort_profile": "onnxrt",
     "TrtRunner": "trt", "import_tensorrt": "trt", "ENGINE_SUFFIXES": "trt",
-    "host_info": "host", "physical_cores": "host",
+    "host_info": "host", "physical_cores": "host", "gpu_clocks": "host",
     "compare_logits": "compare", "cosine_per_sample": "compare", "infer_in_range": "compare",
 }
 

@@ -85,6 +85,25 @@ def gpu_info() -> dict[str, Any] | None:
     }
 
 
+_CLOCK_FIELDS = ("clocks.sm", "clocks.mem", "clocks.max.sm", "clocks.max.mem", "temperature.gpu", "power.draw",
+                 "clocks_throttle_reasons.active")
+
+
+def gpu_clocks() -> dict[str, Any] | None:
+    """GPU 0's current and maximum SM and memory clocks (MHz), temperature, power draw and active throttle reasons,
+    from nvidia-smi; None without an NVIDIA GPU. A GPU that throttles during a run shows it here."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--id=0", f"--query-gpu={','.join(_CLOCK_FIELDS)}",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10, check=True)
+        values = [v.strip() for v in out.stdout.strip().splitlines()[0].split(",")]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+    return {k.replace("clocks_throttle_reasons.active", "throttle_reasons").replace(".", "_"): v
+            for k, v in zip(_CLOCK_FIELDS, values)}
+
+
 def host_info(threads: int | None = None) -> dict[str, Any]:
     """CPU, cores, threads used, GPU and library versions of this machine."""
     return {

@@ -11,6 +11,7 @@ import collections
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +235,56 @@ def ort_op_profile(onnx_path: str | Path, provider: str, threads: int | None, x:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {"batch": int(len(x)), "warmup": warmup, **summarize_ort_profile(events, skip_runs=warmup, top=top)}
+
+
+def _gemm_graph(n: int, dtype: str) -> bytes:
+    """A one-node ONNX graph: an n x n input times an n x n weight (MatMul; MatMulInteger u8 x s8 for int8)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if dtype == "int8":
+        weight = rng.integers(-127, 128, (n, n)).astype(np.int8)
+        node, a_type, c_type = helper.make_node("MatMulInteger", ["A", "B"], ["C"]), TensorProto.UINT8, TensorProto.INT32
+    else:
+        weight = rng.standard_normal((n, n)).astype(np.float16 if dtype == "fp16" else np.float32)
+        a_type = TensorProto.FLOAT16 if dtype == "fp16" else TensorProto.FLOAT
+        node, c_type = helper.make_node("MatMul", ["A", "B"], ["C"]), a_type
+    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("A", a_type, [n, n])],
+                              [helper.make_tensor_value_info("C", c_type, [n, n])], [numpy_helper.from_array(weight, "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 9)
+    return model.SerializeToString()
+
+
+def _gemm_input(n: int, dtype: str) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    if dtype == "int8":
+        return rng.integers(0, 256, (n, n)).astype(np.uint8)
+    return rng.standard_normal((n, n)).astype(np.float16 if dtype == "fp16" else np.float32)
+
+
+def ort_gemm_peak(threads: int | None, n: int = 1024, reps: int = 10) -> dict[str, Any]:
+    """Best GMAC/s of an n x n x n GEMM run by onnxruntime itself on the CPU, with the session options every
+    vitdeploy session has: FP32 MatMul and INT8 MatMulInteger (MLAS uses VNNI where the CPU has it). A precision
+    this onnxruntime cannot run is None; FP16 is None (onnxruntime's CPU provider computes FP16 graphs in FP32)."""
+    ort = import_ort()
+    providers = check_provider("cpu", ort)
+    threads = int(threads) if threads is not None else physical_cores()
+    out: dict[str, Any] = {"gemm": f"onnxruntime MatMul / MatMulInteger {n}x{n}x{n}, best of {reps}",
+                           "fp32": None, "int8": None, "fp16": None}
+    for dtype in ("fp32", "int8"):
+        try:
+            session = ort.InferenceSession(_gemm_graph(n, dtype), sess_options=session_options(threads),
+                                           providers=providers)
+            feed = {"A": _gemm_input(n, dtype)}
+            session.run(None, feed)
+            best = float("inf")
+            for _ in range(reps):
+                t = time.perf_counter()
+                session.run(None, feed)
+                best = min(best, time.perf_counter() - t)
+            out[dtype] = n ** 3 / best / 1e9
+        except Exception:  # an onnxruntime without that kernel: no peak for that precision
+            out[dtype] = None
+    return out

@@ -70,3 +70,21 @@ def create_runner(backend: str, model=None, onnx_path: str | Path | None = None,
     from vitdeploy.runtime.onnxrt import BACKEND_TO_PROVIDER, OrtRunner
 
     return OrtRunner(onnx_path, provider=BACKEND_TO_PROVIDER[backend], threads=threads, spin=spin)
+
+
+def gemm_peak(backend: str, threads: int | None = None) -> dict[str, float | str | None]:
+    """The peak of `backend` on this host, measured now: GMAC/s of a large square GEMM in FP32, plus INT8 where the
+    backend has an INT8 GEMM (onnxruntime's MatMulInteger on CPU) and FP16 on a GPU. The ceiling an artifact's
+    achieved MAC rate is held against.
+
+    On a GPU (torch-cuda, ort-cuda, ort-trt, trt) the peak is PyTorch's FP32 and FP16 GEMM timed with CUDA events:
+    the GPU's ceiling, whichever library drives it.
+    """
+    check_backend_available(backend)
+    if backend == "ort-cpu":
+        from vitdeploy.runtime.onnxrt import ort_gemm_peak
+
+        return ort_gemm_peak(threads)
+    from vitdeploy.runtime.torch import torch_gemm_peak
+
+    return torch_gemm_peak("cpu" if backend == "torch-cpu" else "cuda", threads)

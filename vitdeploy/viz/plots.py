@@ -72,30 +72,42 @@ def plot_kept_dims(kept: list[dict], dense: list[dict] | None, path: Path, title
     return save_figure(fig, path)
 
 
-def plot_accuracy_latency(points: list[dict], front: list[int], path: Path, title: str) -> Path:
-    """Top-1 (%) against p50 latency (ms): one marker per variant × precision (colour = variant, shape = precision),
-    with the Pareto front drawn as a staircase and its points labelled (all points when there are few). Points with
-    an eval size (`n_eval`) carry their 95 % binomial interval, so a zoomed-in axis does not make noise look like a
-    difference."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+def accuracy_latency_figure(points: list[dict], front: list[int], title: str) -> Figure:
+    """The figure of plot_accuracy_latency (kept apart so its layout can be checked without writing a file)."""
+    fig, ax = plt.subplots(figsize=(9, 5))
     colors = _colors([p["variant"] for p in points])
     xs, ys = [p["p50_ms"] for p in points], [100 * p["top1"] for p in points]
     err = [100 * 1.96 * math.sqrt(p["top1"] * (1 - p["top1"]) / p["n_eval"]) if p.get("n_eval") else 0.0 for p in points]
-    for p, x, y, e in zip(points, xs, ys, err):
-        if e:
-            ax.errorbar(x, y, yerr=e, fmt="none", ecolor=colors[p["variant"]], alpha=0.35, capsize=4, zorder=1)
-        ax.scatter(x, y, s=60, color=colors[p["variant"]], marker=_MARKERS.get(p["precision"], "o"),
+    order = sorted(range(len(points)), key=lambda i: (xs[i], -ys[i]))
+    key = {i: k + 1 for k, i in enumerate(order)}  # points are numbered by latency; the legend is the key
+    handles = []
+    for i in order:
+        p = points[i]
+        if err[i]:
+            ax.errorbar(xs[i], ys[i], yerr=err[i], fmt="none", ecolor=colors[p["variant"]], alpha=0.35, capsize=4, zorder=1)
+        ax.scatter(xs[i], ys[i], s=60, color=colors[p["variant"]], marker=_MARKERS.get(p["precision"], "o"),
                    edgecolor="black", linewidth=0.6, zorder=3)
-    labelled = range(len(points)) if len(points) <= 4 else front
-    for rank, i in enumerate(sorted(labelled, key=lambda i: xs[i])):  # labels in two rows above the data, with leaders
-        ax.annotate(f"{points[i]['variant']} {points[i]['precision']}", (xs[i], ys[i]), fontsize=8, ha="center",
-                    xytext=(xs[i], 0.95 if rank % 2 == 0 else 0.88), textcoords=("data", "axes fraction"),
-                    arrowprops=dict(arrowstyle="-", color="0.6", linewidth=0.6, shrinkB=5))
-    span = (max(xs) - min(xs)) or 0.5 * max(xs)  # fit the axis to the points: they are often close together
-    left, right = max(0.0, min(xs) - 0.15 * span), max(xs) + 0.3 * span
-    handles = [Line2D([], [], marker="o", linestyle="", color=c, markeredgecolor="black", label=v) for v, c in colors.items()]
-    handles += [Line2D([], [], marker=_MARKERS.get(pr, "o"), linestyle="", color="0.6", markeredgecolor="black", label=pr)
-                for pr in dict.fromkeys(p["precision"] for p in points)]
+        handles.append(Line2D([], [], marker=_MARKERS.get(p["precision"], "o"), linestyle="", color=colors[p["variant"]],
+                              markeredgecolor="black", label=f"{key[i]}  {p['variant']} {p['precision']} "
+                                                             f"({p['p50_ms']:.3g} ms, {ys[i]:.1f} %)"))
+    # Numbers sit in evenly spaced slots along the top of the axes, in the order of the points below them, with a
+    # leader line to each point: they cannot overlap whatever the data (two staggered rows when there are many).
+    rows = 1 if len(points) <= 24 else 2
+    for k, i in enumerate(order):
+        slot = (k + 0.5) / len(points)
+        ax.annotate(str(key[i]), (xs[i], ys[i]), xytext=(slot, 0.955 - 0.055 * (k % rows)),
+                    textcoords="axes fraction", fontsize=7.5, ha="center", va="center", xycoords="data",
+                    arrowprops=dict(arrowstyle="-", color="0.65", linewidth=0.5, shrinkA=4, shrinkB=4))
+    log_x = min(xs) > 0 and max(xs) / min(xs) > 3  # an outlier would squeeze every other point into a corner
+    if log_x:
+        ax.set_xscale("log")
+        left, right = min(xs) / 1.15, max(xs) * 1.15
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(
+            lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 3, 5) else ""))
+    else:
+        span = (max(xs) - min(xs)) or 0.5 * max(xs)
+        left, right = max(0.0, min(xs) - 0.1 * span), max(xs) + 0.1 * span
     if front:  # the staircase is the best top-1 reachable within each latency budget
         fx, fy = [xs[i] for i in front], [ys[i] for i in front]
         ax.step(fx + [right], fy + fy[-1:], where="post", color="0.3", linestyle="--", linewidth=1, zorder=2)
@@ -103,16 +115,25 @@ def plot_accuracy_latency(points: list[dict], front: list[int], path: Path, titl
         handles.append(Line2D([], [], color="0.3", linestyle="--", label="Pareto front (best top-1 within a budget)"))
     if any(err):
         handles.append(Line2D([], [], color="0.5", marker="_", markersize=10, alpha=0.6, label="95 % interval of top-1"))
-    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.legend(handles=handles, fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False,
+              handletextpad=0.4, labelspacing=0.35)
     ax.set_xlim(left, right)
     pad = max(0.5, (max(ys) - min(ys)) * 0.25)
     low, high = min(y - e for y, e in zip(ys, err)) - pad, max(y + e for y, e in zip(ys, err)) + pad
-    ax.set_ylim(low, high + 0.3 * (high - low))  # headroom for the label rows
-    ax.set_xlabel("p50 latency per call (ms), lower is better")
+    ax.set_ylim(max(0.0, low), min(100.0, high) + 0.25 * (high - low))  # headroom for the number row
+    ax.set_xlabel("p50 latency per call (ms), lower is better" + (" (log scale)" if log_x else ""))
     ax.set_ylabel("top-1 (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+    return fig
+
+
+def plot_accuracy_latency(points: list[dict], front: list[int], path: Path, title: str) -> Path:
+    """Top-1 (%) against p50 latency (ms): one marker per variant × precision (colour = variant, shape = precision),
+    numbered by latency and keyed to a legend that names each with its p50 and top-1, with the Pareto front drawn
+    as a staircase. Points with an eval size (`n_eval`) carry their 95 % binomial interval, so a zoomed-in axis does
+    not make noise look like a difference; the latency axis turns logarithmic when the points span more than 3×."""
+    return save_figure(accuracy_latency_figure(points, front, title), path)
 
 
 def plot_latency_vs_batch(series: dict[tuple[str, str, str], list[tuple[int, float, float]]], path: Path,
