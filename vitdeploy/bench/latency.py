@@ -244,14 +244,21 @@ def _sequential(items, batches, warmup, iters, duration, seed, input_size, n_rou
                                        lambda k, t=step: bar.advance(t, k))
                         times += block
                         blocks.append(float(np.median(block)))
-                    row = _row(item, runner, b, times, blocks, warmup, "sequential")
-                    if extras.leak_runs or extras.op_profile_top:
-                        bar.update(step, description=f"{item.label} [{runner.name}] batch {b}: leak check / op profile")
-                        row.update(_extras(runner, x, extras))
+                    row = _measured_row(item, runner, b, times, blocks, warmup, "sequential", x, extras, bar, step)
                     bar.remove_task(step)
                     results.append(row)
                     bar.advance(overall, 1)
     return results, skipped
+
+
+def _measured_row(item, runner, b, times, blocks, warmup, mode, x, extras, bar, task) -> dict:
+    """One artifact x batch row from its call times, with the leak check and op profile when asked for (both
+    timing modes end each artifact this way)."""
+    row = _row(item, runner, b, times, blocks, warmup, mode)
+    if extras.leak_runs or extras.op_profile_top:
+        bar.update(task, description=f"{item.label} [{runner.name}] batch {b}: leak check / op profile")
+        row.update(_extras(runner, x, extras))
+    return row
 
 
 def _interleaved(items, batches, warmup, iters, duration, seed, input_size, n_rounds, extras, console, show_progress):
@@ -284,11 +291,7 @@ def _interleaved(items, batches, warmup, iters, duration, seed, input_size, n_ro
                     times[i] += block
                     blocks[i].append(float(np.median(block)))
             for (item, runner), t, bl in zip(members, times, blocks):
-                row = _row(item, runner, b, t, bl, warmup, "interleaved")
-                if extras.leak_runs or extras.op_profile_top:
-                    bar.update(task, description=f"{item.label} [{backend}] batch {b}: leak check / op profile")
-                    row.update(_extras(runner, x, extras))
-                results.append(row)
+                results.append(_measured_row(item, runner, b, t, bl, warmup, "interleaved", x, extras, bar, task))
             bar.remove_task(task)
     order = {item.label: i for i, item in enumerate(items)}
     results.sort(key=lambda r: (order[r["artifact"]], batches.index(r["batch"])))
