@@ -1,10 +1,10 @@
 """A peer baseline on Fashion-MNIST: Torch-Pruning's magnitude pruner against vitdeploy's vtp-40, at the same MACs,
 after the same fine-tune, with ONNX Runtime CPU speed side by side (issue 13).
 
-The peer is used as its users use it on a timm ViT: `MetaPruner` with L2 magnitude importance, the classifier
-ignored, the attention heads declared (`num_heads`, head dims pruned, kept heads), one pruning ratio for every
-layer; afterwards each attention's head_dim/attn_dim is updated and the original softmax scale kept (fused
-attention off, so the scale is the stored one). The ratio is searched so that its MACs come closest to vtp-40's
+The peer is used as its users use it on a timm ViT (profiling/peer.py): `MetaPruner` with L2 magnitude importance,
+the classifier ignored, the attention heads declared (`num_heads`, head dims pruned, kept heads), one pruning ratio
+for every layer, its default channel rounding; afterwards each attention's head_dim/attn_dim is updated and the
+original softmax scale kept (fused attention off, so the scale is the stored one). The ratio is searched so that its MACs come closest to vtp-40's
 (rate 0.4) without exceeding them. Both models get the same distilled fine-tune per seed (the VTP side is
 bench_fashion_vtp's, from the shared cache), and both are scored on the 10,000 test images, paired per image.
 Speed: vitdeploy's exporter writes each model's FP32 graph; the sessions are timed interleaved with pinned threads.
@@ -21,51 +21,17 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from vitdeploy.compression.study import prune_at
-from vitdeploy.models import count_macs
-
 import fashion as F
+import peer
 from common import export_variants, speed_rows, write_result
 
 RECIPE = "vtp-40"
 
 
-def peer_prune(dense: torch.nn.Module, ratio: float, size: tuple) -> torch.nn.Module:
-    """Torch-Pruning's magnitude pruner at one channel ratio, as its ViT users run it."""
-    import torch_pruning as tp
-
-    model = copy.deepcopy(dense).cpu().eval()
-    for blk in model.blocks:  # the stored scale, not one recomputed from the pruned head dim
-        blk.attn.fused_attn = False
-    pruner = tp.pruner.MetaPruner(
-        model, torch.randn(1, *size), importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
-        ignored_layers=[model.head], num_heads={blk.attn.qkv: blk.attn.num_heads for blk in model.blocks},
-        prune_head_dims=True, prune_num_heads=False, global_pruning=False)
-    pruner.step()
-    for blk in model.blocks:
-        a = blk.attn
-        a.num_heads = pruner.num_heads[a.qkv]
-        a.head_dim = a.qkv.out_features // (3 * a.num_heads)
-        a.attn_dim = a.num_heads * a.head_dim
-    return model.eval()
-
-
-def peer_at_macs(dense: torch.nn.Module, target: int, size: tuple, steps: int = 12) -> tuple[torch.nn.Module, float]:
-    """The peer at the largest-MACs ratio that stays at or under `target` (bisection; MACs fall with the ratio)."""
-    lo, hi = 0.0, 0.9
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if count_macs(peer_prune(dense, mid, size), size) > target else (lo, mid)
-    return peer_prune(dense, hi, size), round(hi, 4)
-
-
 def main() -> None:
-    try:
-        import torch_pruning  # noqa: F401
-    except ImportError:
-        raise SystemExit("this benchmark needs the peer: pip install -e '.[bench]'")
+    peer.require()
     run = F.start(__doc__.splitlines()[0], RECIPE, extra_args=[("--iters", {"type": int, "default": 200})])
     args, seeds, cache, tests, dense, t0 = run.args, run.seeds, run.cache, run.tests, run.dense, run.t0
     size = tuple(tests.loader.dataset[0][0].shape)
@@ -81,12 +47,12 @@ def main() -> None:
         sides["vtp_finetuned"].append(F.side(cache, f"vtp-{rate}-finetuned-seed{seed}", tests,
                                              lambda: F.finetune(ctx, copy.deepcopy(vtp), f"fine-tune vtp s{seed}"),
                                              rate=rate))
-        peer, ratio = peer_at_macs(ctx.dense, sides["vtp_pruned"][-1]["macs"], size)
-        sides["peer_pruned"].append(F.side(cache, f"peer-{ratio}-pruned", tests, lambda: peer, ratio=ratio))
+        theirs, ratio = peer.at_macs(ctx.dense, sides["vtp_pruned"][-1]["macs"], size, at_most=True, round_to=None)
+        sides["peer_pruned"].append(F.side(cache, f"peer-{ratio}-pruned", tests, lambda: theirs, ratio=ratio))
         sides["peer_finetuned"].append(F.side(cache, f"peer-{ratio}-finetuned-seed{seed}", tests,
-                                              lambda: F.finetune(ctx, copy.deepcopy(peer), f"fine-tune peer s{seed}"),
+                                              lambda: F.finetune(ctx, copy.deepcopy(theirs), f"fine-tune peer s{seed}"),
                                               ratio=ratio))
-        models = {"dense": ctx.dense.cpu().eval(), "vtp-40": vtp.cpu().eval(), "peer": peer}
+        models = {"dense": ctx.dense.cpu().eval(), "vtp-40": vtp.cpu().eval(), "peer": theirs}
 
     def corr(n):
         return [x["correct"] for x in sides[n]]
@@ -99,7 +65,7 @@ def main() -> None:
         speed = speed_rows(paths, stats, size, rng, args.threads, args.iters)
     write_result("fashion_peer", {
         "comparison": "Torch-Pruning magnitude pruner vs vtp-40 at the same MACs, same fine-tune; ORT CPU speed",
-        "peer": {"package": "torch-pruning", "version": __import__("torch_pruning").__version__,
+        "peer": {"package": "torch-pruning", "version": peer.version(),
                  "pruner": "MetaPruner, GroupMagnitudeImportance(p=2), one ratio for every layer, head dims pruned, "
                            "classifier ignored"},
         "data": f"{F.DATA} test (10,000 images)", "dense_model": str(F.DENSE.relative_to(F.ROOT)), "recipe": RECIPE,

@@ -131,3 +131,42 @@ def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = 10_000, see
     return {"difference": float(d.mean()), "ci95_bootstrap": [float(np.quantile(boots, 0.025)),
                                                               float(np.quantile(boots, 0.975))],
             "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": float(p)}
+
+
+def paired_speed_rows(paths: dict, stats: dict, size: tuple, rng: np.random.Generator, threads: int, rounds: int,
+                      batches: tuple = (8, 1), baseline: str = "dense", per_round: int = 3) -> list[dict]:
+    """Per batch: the graphs timed round-robin (`per_round` runs each per round, the round's median kept), and each
+    variant's paired speedup over the baseline with its bootstrap interval over rounds, the speedup ÷ MACs ratio
+    (its interval scaled alike), and the p50 of every graph."""
+    from vitdeploy.bench.paired import paired_speedup
+
+    sessions = {k: ort_session(p, threads) for k, p in paths.items()}
+    rows = []
+    for batch in batches:
+        x = rng.standard_normal((batch, *size), dtype=np.float32)
+        for s in sessions.values():
+            for _ in range(3):
+                s.run(None, {"input": x})
+        per: dict[str, list[float]] = {k: [] for k in sessions}
+        for _ in range(rounds):
+            for k, s in sessions.items():
+                t = []
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    s.run(None, {"input": x})
+                    t.append((time.perf_counter() - t0) * 1e3)
+                per[k].append(float(np.median(t)))
+        row = {"batch": batch, "rounds": rounds, "p50_ms": {k: round(float(np.median(v)), 2) for k, v in per.items()},
+               "variants": {}}
+        for k in paths:
+            if k == baseline:
+                continue
+            macs_ratio = stats[baseline]["macs"] / stats[k]["macs"]
+            s = paired_speedup(per[baseline], per[k])
+            lo, hi = s["ci95"]
+            row["variants"][k] = {"macs_ratio": round(macs_ratio, 3), "speedup": round(s["speedup"], 3),
+                                  "speedup_ci95": [round(lo, 3), round(hi, 3)],
+                                  "speedup_over_macs_ratio": round(s["speedup"] / macs_ratio, 3),
+                                  "speedup_over_macs_ratio_ci95": [round(lo / macs_ratio, 3), round(hi / macs_ratio, 3)]}
+        rows.append(row)
+    return rows

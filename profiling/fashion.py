@@ -50,9 +50,15 @@ def schedule_text(schedule: dict) -> str:
             f"scored on the full 10,000-image test set")
 
 
+PAPER_SITES = "prune.sites=[attn_in,attn_out,mlp_in,mlp_hidden]"  # VTP's four sites, as the paper prunes
+
+
 def recipe(name: str, seed: int, schedule: dict = SCHEDULE, extra: Sequence[str] = ()) -> Recipe:
-    """A packaged recipe with the shortened schedule and the seed (and `extra` overrides) applied."""
-    return load_recipe(name, [f"{k}={v}" for k, v in schedule.items()] + [f"seed={seed}", *extra])
+    """A packaged recipe with the shortened schedule and the seed (and `extra` overrides) applied. The paper
+    comparisons reproduce VTP as published, so vtp-20 and vtp-40 get the paper's four sites unless `extra` says
+    otherwise (the packaged recipes prune the residual width instead)."""
+    paper = [PAPER_SITES] if name in ("vtp-20", "vtp-40") else []
+    return load_recipe(name, [f"{k}={v}" for k, v in schedule.items()] + [f"seed={seed}", *paper, *extra])
 
 
 def context(r: Recipe, dense: Path = DENSE) -> CompressContext:

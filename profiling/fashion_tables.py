@@ -152,14 +152,68 @@ def mcf_curve(r: dict) -> list[str]:
     return curve_table(r["curve_one_shot"], "fis", "magnitude", "MCF (FIS) one-shot", "magnitude one-shot")
 
 
+STRUCTURE_LABELS = {
+    "four_site_magnitude": "four sites, magnitude (the old default plan)", "four_site_taylor": "four sites, taylor",
+    "four_site_learned": "four sites, learned (vtp-40's sites)", "embed_magnitude": "embed + q/k + v + hidden, magnitude",
+    "embed_learned": "embed + q/k + v + hidden, learned", "embed_taylor": "embed + q/k + v + hidden, taylor",
+    "embed_taylor_per_mac": "embed + q/k + v + hidden, taylor per MAC",
+    "no_embed_taylor_per_mac": "q/k + v + hidden, taylor per MAC",
+    "peer_uniform_l2": "Torch-Pruning ViT recipe, L2", "peer_uniform_taylor": "Torch-Pruning ViT recipe, Taylor",
+    "peer_bottleneck_taylor": "Torch-Pruning bottleneck, Taylor",
+}
+
+
+def structures(r: dict) -> list[str]:
+    m, s = r["mean_over_seeds"], r["sides"]
+    out = ["| plan | embed width | MACs | one-shot top-1 (95 % CI) | fine-tuned top-1 (95 % CI) |",
+           "|---|---:|---:|---|---|", f"| dense | 96 | {r['dense']['macs'] / 1e6:.2f} M | {ci(r['dense'])} | – |"]
+    for n, label in STRUCTURE_LABELS.items():
+        if f"{n}_pruned" not in s:
+            continue
+        ft = m.get(f"{n}_finetuned")
+        out.append(f"| {label} | {s[n + '_pruned'][0].get('embed_dim', '')} | {s[n + '_pruned'][0]['macs'] / 1e6:.2f} M | "
+                   f"{ci(m[n + '_pruned'])} | {ci(ft) if ft else '–'} |")
+    out += [""] + DIFF_HEADER
+    for k, d in r["differences"].items():
+        a, b = k.rsplit("_", 1)[0].split("_minus_")
+        stage = "one-shot" if k.endswith("_pruned") else "fine-tuned"
+        out.append(f"| {STRUCTURE_LABELS[a]} − {STRUCTURE_LABELS[b]}, {stage} | {diff(d)} |")
+    return out
+
+
+def structures_curve(r: dict) -> list[str]:
+    names = [n for n in STRUCTURE_LABELS if n in r["one_shot_curve"][0]["sides"]]
+    out = ["| plan | " + " | ".join(f"{row['macs_cut']:g}× cut" for row in r["one_shot_curve"]) + " |",
+           "|---|" + "---|" * len(r["one_shot_curve"])]
+    for n in names:
+        out.append(f"| {STRUCTURE_LABELS[n]} | " + " | ".join(ci(row["sides"][n]) for row in r["one_shot_curve"]) + " |")
+    return out
+
+
+def structures_speed(r: dict) -> list[str]:
+    out = ["| plan (DeiT-S, ORT CPU, 2 threads) | embed width | MACs ratio | batch 8: speedup (95 % CI) | ÷ MACs ratio "
+           "| batch 1: speedup (95 % CI) | ÷ MACs ratio |", "|---|---:|---:|---|---:|---|---:|"]
+    b8, b1 = (next(x for x in r["rows"] if x["batch"] == b) for b in (8, 1))
+    for k, v8 in b8["variants"].items():
+        v1 = b1["variants"][k]
+        lo8, hi8 = v8["speedup_ci95"]
+        lo1, hi1 = v1["speedup_ci95"]
+        out.append(f"| {k} | {r['settings'][k]['embed_dim']} | {v8['macs_ratio']:.3f}× | {v8['speedup']:.3f}× "
+                   f"({lo8:.3f}–{hi8:.3f}) | {v8['speedup_over_macs_ratio']:.3f} | {v1['speedup']:.3f}× ({lo1:.3f}–{hi1:.3f})"
+                   f" | {v1['speedup_over_macs_ratio']:.3f} |")
+    return out
+
+
 TABLES = {"vtp": vtp, "mcf": mcf, "decompose": decompose, "hybrid": hybrid, "peer": peer,
-          "vtp-curve": vtp_curve, "mcf-curve": mcf_curve}
-FILES = {"vtp-curve": "vtp", "mcf-curve": "mcf"}
+          "vtp-curve": vtp_curve, "mcf-curve": mcf_curve, "structures": structures,
+          "structures-curve": structures_curve, "structures-speed": structures_speed}
+FILES = {"vtp-curve": "fashion_vtp", "mcf-curve": "fashion_mcf", "structures-curve": "fashion_structures",
+         "structures-speed": "prune_structures"}
 
 def fill_docs(names: list[str]) -> None:
     text = DOCS.read_text()
     for name in names:
-        path = RESULTS / f"fashion_{FILES.get(name, name)}.json"
+        path = RESULTS / f"{FILES.get(name, 'fashion_' + name)}.json"
         if path.exists():
             table = "\n".join(TABLES[name](json.loads(path.read_text())))
             text, n = re.subn(rf"(<!-- fashion-{name} -->\n).*?(<!-- /fashion-{name} -->)",
@@ -169,12 +223,12 @@ def fill_docs(names: list[str]) -> None:
 
 
 def show(name: str) -> None:
-    path = RESULTS / f"fashion_{FILES.get(name, name)}.json"
+    path = RESULTS / f"{FILES.get(name, 'fashion_' + name)}.json"
     if not path.exists():
         print(f"(no {path.name} yet)\n")
         return
     r = json.loads(path.read_text())
-    print(f"### {name}: {r['comparison']}\n\n{r['schedule_text']}; wall {r['wall_s'] / 60:.0f} min\n")
+    print(f"### {name}: {r.get('comparison', r['benchmark'])}\n\n{r.get('schedule_text', '')}; wall {r['wall_s'] / 60:.0f} min\n")
     print("\n".join(TABLES[name](r)))
     for k, v in r.get("verdicts", {}).items():
         print(f"- {k}: {v}")

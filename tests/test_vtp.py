@@ -168,13 +168,13 @@ def test_compress_vtp_from_the_cli(capsys, tmp_path, digits_model_dir):
     rep = json.loads((out / "compress.json").read_text())
     assert [s["stage"] for s in rep["stages"]] == ["dense", "sparsity", "pruned", "finetuned"]
     assert all(s["top1"] is not None and s["params"] > 0 and s["macs"] > 0 for s in rep["stages"])
-    assert rep["stages"][1]["scores"] == 6 * (96 + 96 + 96 + 384)
+    assert rep["stages"][1]["scores"] == 96 + 6 * (96 + 96 + 384)  # the residual width, then q/k, v, hidden per block
     assert rep["equivalence"]["max_abs_diff"] < 1e-4
     assert 0.3 < rep["reduction"]["params"] < 0.6 and 0.3 < rep["reduction"]["macs"] < 0.6
     assert len(rep["sparsity"]) == 2 and {"l1_term", "scores_below_1e-2", "scores_below_1e-1"} <= set(rep["sparsity"][0])
     dense = {b["block"]: b for b in rep["dense_blocks"]}
     for b in rep["kept"]:
-        for key in ("attn_in", "mlp_in", "mlp_hidden", "v_head_dim"):
+        for key in ("width", "attn_in", "mlp_in", "mlp_hidden", "qk_head_dim", "v_head_dim"):
             assert b[key] % 8 == 0 and 0 < b[key] <= dense[b["block"]][key]
     loaded = load_model(str(out))
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)

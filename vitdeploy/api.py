@@ -109,7 +109,7 @@ def info(model: ModelLike, **load: Any) -> dict:
     size = loaded.input_size
     return {"model": loaded.source, "base": loaded.arch.base, "input_size": list(size),
             "num_classes": loaded.num_classes, "params": count_params(loaded.model),
-            "macs": count_macs(loaded.model, size), "blocks": block_table(loaded.arch)}
+            "macs": count_macs(loaded.model, size), "blocks": block_table(loaded.arch, loaded.model.embed_dim)}
 
 
 def _guard_out(out: PathLike, *, paths: Sequence[Any] = (), data: Sequence[Optional[str]] = ()) -> None:
@@ -257,12 +257,16 @@ class ExportResult:
 
 def export(model: ModelLike, out: PathLike, *, precisions: Optional[Sequence[str]] = None, data: Optional[str] = None,
            opset: int = 17, static_batch: Optional[int] = None, io_dtype: str = "fp32",
-           calib_data: Optional[str] = None, calib_images: int = 256, calib_method: str = "minmax",
+           calib_data: Optional[str] = None, calib_images: int = 256, calib_method: Optional[str] = None,
            int8_attention: bool = False, exclude: Sequence[str] = (), target: Optional[str] = None,
-           release_model: bool = False, **load: Any) -> ExportResult:
+           int8_max_drop: Optional[float] = None, int8_min_agreement: Optional[float] = None,
+           int8_plan_images: int = 1000, release_model: bool = False, **load: Any) -> ExportResult:
     """Export to clean FP32/FP16/INT8 ONNX graphs checked against PyTorch, plus build_engines.sh, triton/ and
     (where TensorRT and the target's GPU are here) engines; writes a deploy dir with export.json at `out`.
-    `release_model` frees the model's weights after tracing (the CLI does; a caller keeping the model does not)."""
+    `int8_max_drop` (top-1 points) and/or `int8_min_agreement` (fraction) plan the INT8 placement per layer under
+    that budget, measured on `int8_plan_images` held-out images (never the test split); `calib_method` is then
+    "auto" (chosen per tensor) unless given. `release_model` frees the model's weights after tracing (the CLI does;
+    a caller keeping the model does not)."""
     from vitdeploy.data import parse_data_spec
     from vitdeploy.deploy.int8 import Int8Config
     from vitdeploy.deploy.pipeline import ExportConfig, resolve_target, run_export
@@ -275,7 +279,13 @@ def export(model: ModelLike, out: PathLike, *, precisions: Optional[Sequence[str
         if precisions is not None else None
     cfg = ExportConfig(precisions=names, data=data, opset=opset, static_batch=static_batch, io_dtype=io_dtype,
                        calib_data=calib_data, calib_images=calib_images, target=target, release_model=release_model,
-                       int8=Int8Config(method=calib_method, attention=int8_attention, exclude=tuple(exclude)))
+                       int8=Int8Config(method=calib_method, attention=int8_attention, exclude=tuple(exclude),
+                                       max_drop=_opt_float(int8_max_drop, "--int8-max-drop"),
+                                       min_agreement=_opt_float(int8_min_agreement, "--int8-min-agreement"),
+                                       plan_images=int8_plan_images))
+    wanted = cfg.precisions or (list(resolve_target(target).precisions) if target else ["fp32"])
+    if cfg.int8.planned and "int8" not in wanted:
+        raise VitDeployError("--int8-max-drop/--int8-min-agreement plan the INT8 graph: add int8 to --precision")
     resolve_target(target)  # a bad target fails before the model is loaded
     _guard_out(out, paths=[model, load.get("checkpoint"), target], data=[data, calib_data])
     loaded = load_model(model, **load)
@@ -283,6 +293,15 @@ def export(model: ModelLike, out: PathLike, *, precisions: Optional[Sequence[str
         loaded = copy.copy(loaded)
         loaded.model = copy.deepcopy(loaded.model)  # never empty the caller's module
     return ExportResult(Path(out), run_export(loaded, Path(out), cfg))
+
+
+def _opt_float(v: Any, what: str) -> Optional[float]:
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise VitDeployError(f"{what} must be a number, got {v!r}") from None
 
 
 # -------------------------------------------------------------------------------------------------- eval

@@ -96,11 +96,12 @@ def info(model: str, checkpoint, arch, pretrained, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"{model}: {rec['params'] / 1e6:.2f} M params, {rec['macs'] / 1e9:.3f} G MACs, input {tuple(size)}")
-    for col in ("block", "heads", "qk dim", "v dim", "attn in", "mlp in", "mlp hidden", "low-rank"):
+    for col in ("block", "width", "heads", "qk dim", "v dim", "attn in", "mlp in", "mlp hidden", "low-rank"):
         table.add_column(col, justify="right")
     for b in rec["blocks"]:
         ranks = ", ".join(f"{k}:{v}" for k, v in b["ranks"].items()) or "-"
-        table.add_row(*map(str, (b["block"], b["heads"], b["qk_head_dim"], b["v_head_dim"], b["attn_in"], b["mlp_in"], b["mlp_hidden"], ranks)))
+        table.add_row(*map(str, (b["block"], b["width"], b["heads"], b["qk_head_dim"], b["v_head_dim"], b["attn_in"],
+                                 b["mlp_in"], b["mlp_hidden"], ranks)))
     Console().print(table)
 
 
@@ -182,19 +183,20 @@ def _print_kept(kept: list[dict], dense: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="kept dims per block (kept/dense)")
-    cols = ("heads", "qk_head_dim", "v_head_dim", "attn_in", "mlp_in", "mlp_hidden")
+    cols = ("width", "heads", "qk_head_dim", "v_head_dim", "attn_in", "mlp_in", "mlp_hidden")
     for col in ("block", *cols):
         table.add_column(col.replace("_", " "), justify="right")
     for k, d in zip(kept, dense):
-        table.add_row(str(k["block"]), *(str(k[c]) if k[c] == d[c] else f"{k[c]}/{d[c]}" for c in cols))
+        table.add_row(str(k["block"]), *(str(k.get(c)) if k.get(c) == d.get(c) else f"{k.get(c)}/{d.get(c)}"
+                                         for c in cols))
     Console().print(table)
 
 
 # ---------------------------------------------------------------------------------------------- export
 @cli.command(epilog=examples(
     "vitdeploy export runs/vtp40 --precision fp32,fp16,int8 --calib-data digits --target cpu --out runs/vtp40/deploy",
-    "vitdeploy export runs/vtp40 --precision fp16,int8 --calib-data digits --target jetson-orin-nano "
-    "--out runs/vtp40/orin",
+    "vitdeploy export runs/vtp40 --precision fp16,int8 --int8-max-drop 0.5 --calib-data digits "
+    "--target jetson-orin-nano --out runs/vtp40/orin",
     extra=_packaged("targets", available_targets())))
 @click.argument("model")
 @model_options
@@ -208,22 +210,37 @@ def _print_kept(kept: list[dict], dense: list[dict]) -> None:
 @click.option("--calib-data", metavar="SPEC", help="INT8 calibration images (default: the model's training data)")
 @click.option("--calib-images", default=256, show_default=True, type=click.IntRange(min=1),
               help="INT8 calibration images drawn from the train split (all of them if fewer)")
-@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
-              show_default=True, help="INT8 activation range calibration")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy", "auto"]),
+              help="INT8 activation range calibration (default: minmax; auto, chosen per tensor, with a plan)")
 @click.option("--int8-attention", is_flag=True, help="also quantize the attention matmuls (Q·Kᵀ, P·V)")
 @click.option("--exclude", metavar="NAME,...", default="", help="layers to keep out of INT8, e.g. head,blocks.0.mlp.fc1")
+@click.option("--int8-max-drop", type=float, metavar="POINTS",
+              help="plan INT8 per layer: at most this top-1 drop vs FP32 on held-out images")
+@click.option("--int8-min-agreement", type=float, metavar="A",
+              help="plan INT8 per layer: at least this top-1 agreement with FP32 (0-1) on held-out images")
+@click.option("--int8-plan-images", default=1000, show_default=True, type=click.IntRange(min=1), metavar="N",
+              help="held-out images the INT8 plan is measured on (never the test split)")
 @click.option("--target", metavar="NAME_OR_YAML", help="deployment target: adds build_engines.sh, triton/ and engines")
 def export(model, checkpoint, arch, pretrained, out, precision, data, opset, static_batch, io_dtype, calib_data,
-           calib_images, calib_method, int8_attention, exclude, target) -> None:
+           calib_images, calib_method, int8_attention, exclude, int8_max_drop, int8_min_agreement, int8_plan_images,
+           target) -> None:
     """Export MODEL to clean FP32/FP16/INT8 ONNX graphs checked against PyTorch on real inputs; writes export.json."""
     r = api.export(model, out, precisions=precision, data=data, opset=opset, static_batch=static_batch,
                    io_dtype=io_dtype, calib_data=calib_data, calib_images=calib_images, calib_method=calib_method,
                    int8_attention=int8_attention, exclude=tuple(_names(exclude, "--exclude", allow_none=True)), target=target,
+                   int8_max_drop=int8_max_drop, int8_min_agreement=int8_min_agreement,
+                   int8_plan_images=int8_plan_images,
                    release_model=True, checkpoint=checkpoint, arch=arch, pretrained=pretrained).record
     for a in r["artifacts"]:
         p = a["parity"]
         _out(f"wrote {Path(out) / a['file']}: {a['nodes']} nodes, max |Δ| {p['max_abs_diff']:.2e}, "
              f"cosine {p['cosine']:.6f}, top-1 agreement {100 * p['top1_agreement']:.1f} % ({r['parity_inputs']})")
+    plan = (r.get("int8") or {}).get("plan")
+    if plan:
+        p, full = plan["planned"], plan["full"]
+        _out(f"int8 plan: {p['layers']} of {full['layers']} layers in INT8, top-1 drop {p['drop_points']:.2f} points, "
+             f"agreement {100 * p['agreement']:.1f} % on {plan['held_out']['images']} held-out images (all layers "
+             f"INT8: drop {full['drop_points']:.2f}); table {Path(out) / r['int8']['table']}")
     if "tensorrt" in r:
         trt = r["tensorrt"]
         engines = [e["file"] for e in r.get("engines", []) if "error" not in e]

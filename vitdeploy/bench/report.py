@@ -135,7 +135,7 @@ def collect_run(run: Path, profiles: list[dict]) -> dict[str, Any]:
         "name": run.name, "path": str(run), "params": count_params(loaded.model), "macs": count_macs(loaded.model, size),
         "top1": fp32["top1"] if fp32 else None, "top1_source": fp32["source"] if fp32 else None,
         "recipe": (compress or {}).get("recipe", {}).get("name"), "compressed": compress is not None,
-        "accuracy": accuracy, "latency": latency, "blocks": block_table(loaded.arch),
+        "accuracy": accuracy, "latency": latency, "blocks": block_table(loaded.arch, loaded.model.embed_dim),
         "kept": (compress or {}).get("kept"), "dense_blocks": (compress or {}).get("dense_blocks"),
         "stages": _stages(compress) if compress else None,
     }

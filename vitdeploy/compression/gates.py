@@ -1,7 +1,10 @@
 """VTP's importance scores: one learnable gate per dim at up to five sites of every block, applied through
 forward hooks so the model's own modules and state-dict keys stay untouched.
 
-Sites (VTP's four, plus q/k dims which VTP leaves alone):
+Sites (VTP's four, plus q/k dims which VTP leaves alone, plus the residual width):
+  embed      the residual stream, one gate vector shared by the whole model, applied where the stream is read:
+             the output of every block's norm1 and norm2 and of the final norm (or fc_norm, or the head's input)
+                                                                       folds into those norms' weight and bias
   attn_in    qkv input (LayerNorm-1 output, after any index-select)     folds into qkv columns
   attn_qk    q dims of every head (q·k sums only over kept dims)         folds into q rows of qkv (and bias)
   attn_out   attention output before proj = each head's v dims          folds into proj columns
@@ -19,9 +22,10 @@ import torch
 import torch.nn as nn
 
 from vitdeploy.errors import RecipeError
-from vitdeploy.models.surgery import attention_dims
+from vitdeploy.models.surgery import attention_dims, check_embed_prunable, residual_heads
 
-SITES = ("attn_in", "attn_qk", "attn_out", "mlp_in", "mlp_hidden")
+SITES = ("embed", "attn_in", "attn_qk", "attn_out", "mlp_in", "mlp_hidden")
+MODEL = -1  # the block index of model-level sites (embed)
 VTP_SITES = ("attn_in", "attn_out", "mlp_in", "mlp_hidden")
 ATTR = "vtp_gates"
 
@@ -83,6 +87,29 @@ def _scale_q(gate: nn.Parameter):
     return hook
 
 
+def embed_readers(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Where the embed gate is applied: (module, "out") for a LayerNorm whose output it scales, (module, "in") for
+    a Linear head whose input it scales when no norm precedes the classifier."""
+    readers: list[tuple[nn.Module, str]] = []
+    for blk in model.blocks:
+        readers += [(blk.norm1, "out"), (blk.norm2, "out")]
+    final = [m for m in (model.norm, model.fc_norm) if not isinstance(m, nn.Identity)]
+    if final:
+        readers.append((final[-1], "out"))
+    else:
+        readers += [(h, "in") for h in residual_heads(model)]
+    for module, where in readers:
+        if where == "out" and not (isinstance(module, nn.LayerNorm) and module.elementwise_affine):
+            raise RecipeError(f"site 'embed' needs affine LayerNorms on the residual stream, found {type(module).__name__}")
+    return readers
+
+
+def _scale_output(gate: nn.Parameter):
+    def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return out * gate
+    return hook
+
+
 def attach_gates(model: nn.Module, sites: list[str] | tuple[str, ...],
                  values: dict[tuple[int, str], torch.Tensor] | None = None) -> GateSet:
     """Put scores at `sites` of every block and return them: all 1 (the function is unchanged), or `values`.
@@ -93,12 +120,19 @@ def attach_gates(model: nn.Module, sites: list[str] | tuple[str, ...],
     if hasattr(model, ATTR):
         raise RecipeError("the model already carries VTP gates")
     sizes = {}
+    if "embed" in sites:
+        try:
+            check_embed_prunable(model)
+        except ValueError as e:
+            raise RecipeError(f"site 'embed': {e}") from None
+        embed_readers(model)
+        sizes[(MODEL, "embed")] = model.embed_dim
     for b, blk in enumerate(model.blocks):
         if "attn_qk" in sites and not all(isinstance(getattr(blk.attn, n, nn.Identity()), nn.Identity) for n in ("q_norm", "k_norm")):
             raise RecipeError("site 'attn_qk' cannot be gated on a model with q/k normalisation (the gate would not fold "
                               "through the norm); drop it from prune.sites")
         n = site_sizes(blk)
-        sizes.update({(b, s): n[s] for s in sites})
+        sizes.update({(b, s): n[s] for s in sites if s != "embed"})
     device = next(model.parameters()).device
     gates = GateSet(sizes).to(device)
     if values is not None:
@@ -106,9 +140,17 @@ def attach_gates(model: nn.Module, sites: list[str] | tuple[str, ...],
             for b, s, a in gates.items():
                 a.copy_(values[(b, s)])
     setattr(model, ATTR, gates)
+    if "embed" in sites:
+        gate = gates.get(MODEL, "embed")
+        for module, where in embed_readers(model):
+            hook = module.register_forward_hook(_scale_output(gate)) if where == "out" else \
+                module.register_forward_pre_hook(_scale_input(gate))
+            gates._handles.append(hook)
     for b, blk in enumerate(model.blocks):
         targets = {"attn_in": blk.attn.qkv, "attn_out": blk.attn.proj, "mlp_in": blk.mlp.fc1, "mlp_hidden": blk.mlp.fc2}
         for site in sites:
+            if site == "embed":
+                continue
             gate = gates.get(b, site)
             if site == "attn_qk":
                 gates._handles.append(blk.attn.qkv.register_forward_hook(_scale_q(gate)))
@@ -139,8 +181,17 @@ def fold_gates(model: nn.Module) -> GateSet:
     what the gated model computed, so slicing it afterwards equals masking the gates."""
     gates = detach_gates(model)
     for b, site, a in gates.items():
-        blk = model.blocks[b]
         a = a.detach()
+        if site == "embed":
+            for module, where in embed_readers(model):
+                if where == "in":
+                    _dense(module).weight.mul_(a)
+                    continue
+                module.weight.mul_(a)
+                if module.bias is not None:
+                    module.bias.mul_(a)
+            continue
+        blk = model.blocks[b]
         if site == "attn_in":
             _dense(blk.attn.qkv).weight.mul_(a)
         elif site == "attn_qk":

@@ -11,7 +11,8 @@ least important dims are cut physically (fc1 columns through the index-select af
 columns), with the VTP planner's alignment and minimum-keep rules.
 X-Transformation: with `input_rule: uniform` every FFN keeps the same input dims and the residual stream is
 permuted once, folded into every weight that reads or writes it, so the kept dims are a prefix and each select is a
-contiguous slice instead of a gather.
+contiguous slice instead of a gather. With `input_rule: embed` those shared dims become the residual width itself:
+the other dims are removed from the whole model (attention included), before the FFN schedule starts.
 Schedule: FFNs are compressed one at a time from the last block to the first (importance recomputed on the current
 model), each followed by recovery epochs; the pipeline then fine-tunes (optionally distilled)."""
 from __future__ import annotations
@@ -27,13 +28,14 @@ from timm.layers import LayerScale
 from torch.utils.data import DataLoader
 
 from vitdeploy.compression.context import CompressContext, MethodResult
-from vitdeploy.compression.plan import BlockPlan, align_count, masked_copy, plan_to_dict
+from vitdeploy.compression.plan import BlockPlan, Plan, align_count, apply_plan, masked_copy, plan_to_dict
 from vitdeploy.compression.recipe import McfCfg, PruneCfg
 from vitdeploy.compression.train import fit
 from vitdeploy.compression.vtp import magnitude_scores, top_groups, top_indices
 from vitdeploy.errors import VitDeployError
 from vitdeploy.models import count_macs, count_params
-from vitdeploy.models.surgery import IndexSelect, LowRankLinear, dense_weight, slice_mlp
+from vitdeploy.models.surgery import (TOKENS, IndexSelect, LowRankLinear, dense_weight, residual_heads, residual_norms,
+                                     slice_mlp)
 
 SiteScores = dict[str, torch.Tensor]  # "mlp_in" / "mlp_hidden" -> one score per current dim
 Scorer = Callable[[nn.Module, list[int]], dict[int, SiteScores]]
@@ -177,13 +179,11 @@ def permute_residual(model: nn.Module, perm: torch.Tensor) -> nn.Module:
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(perm.numel(), device=perm.device)
     _perm_writer(model.patch_embed.proj, perm)
-    for name in ("cls_token", "reg_token", "dist_token", "pos_embed"):
+    for name in TOKENS:
         _perm_vec(getattr(model, name, None), perm)
-    for norm in (model.patch_embed.norm, model.norm_pre, model.norm, model.fc_norm):
-        _perm_norm(norm, perm)
+    for owner, name in residual_norms(model):
+        _perm_norm(getattr(owner, name), perm)
     for blk in model.blocks:
-        _perm_norm(blk.norm1, perm)
-        _perm_norm(blk.norm2, perm)
         _perm_reader(blk.attn, blk.attn.qkv, perm, inv)
         _perm_writer(blk.attn.proj, perm)
         _perm_reader(blk.mlp, blk.mlp.fc1, perm, inv)
@@ -191,9 +191,8 @@ def permute_residual(model: nn.Module, perm: torch.Tensor) -> nn.Module:
         for ls in (blk.ls1, blk.ls2):
             if isinstance(ls, LayerScale):
                 _perm_vec(ls.gamma, perm)
-    for head in (model.head, getattr(model, "head_dist", None)):
-        if isinstance(head, nn.Linear):
-            head.weight.copy_(head.weight[:, perm])
+    for head in residual_heads(model):
+        head.weight.copy_(head.weight[:, perm])
     return model
 
 
@@ -296,7 +295,19 @@ def back_to_front(model: nn.Module, scorer: Scorer, prune: PruneCfg, cfg: McfCfg
     counts = plan_counts(first, prune, cfg)
     xt: dict = {"rule": cfg.input_rule if "mlp_in" in prune.sites else "none"}
     fixed_in: Optional[list[int]] = None
-    if xt["rule"] == "uniform":
+    if xt["rule"] == "embed":  # the shared input dims become the model's residual width: cut everywhere, once
+        keep = uniform_inputs(first, counts[0]["mlp_in"]).sort().values.tolist()
+        cut = Plan([BlockPlan() for _ in blocks], embed=keep)
+        masked = masked_copy(model, cut)
+        model = apply_plan(model, cut).to(next(masked.parameters()).device)
+        with torch.no_grad():
+            xt |= {"kept_inputs": len(keep), "embed": keep,
+                   "embed_max_abs_diff": (model(sample) - masked(sample)).abs().max().item()}
+        del masked
+        width = model.embed_dim
+        for c in counts.values():
+            c.pop("mlp_in")
+    elif xt["rule"] == "uniform":
         k = counts[0]["mlp_in"]
         kept = uniform_inputs(first, k)
         rest = torch.tensor([c for c in range(width) if c not in set(kept.tolist())], dtype=torch.long)
@@ -376,8 +387,10 @@ def run(ctx: CompressContext) -> MethodResult:
         model=pruned,
         reduction={"rate": prune.rate, "in_rate": _rates(prune, cfg).get("mlp_in"), "scored_dims": scored,
                    "kept_dims": kept},
-        equivalence={"max_abs_diff": max(s.max_abs_diff for s in steps),
-                     "reference": "each FFN cut vs the same model with that FFN's dropped dims zeroed", "inputs": inputs},
+        equivalence={"max_abs_diff": max([s.max_abs_diff for s in steps] + [xt.get("embed_max_abs_diff", 0.0)]),
+                     "reference": "each FFN cut vs the same model with that FFN's dropped dims zeroed"
+                                  + (" (the residual cut vs the model whose LayerNorms normalise over the kept dims)"
+                                     if xt["rule"] == "embed" else ""), "inputs": inputs},
         details={"plan": plan_to_dict(plan), "mcf": [dataclasses.asdict(s) for s in steps], "x_transform": xt,
                  "calibration": {"images": min(cfg.calib_images, len(ctx.train_set)), "token": cfg.token}},
         stage={"recovery_epochs": cfg.recovery_epochs * len(steps)},

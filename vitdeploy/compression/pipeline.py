@@ -101,8 +101,8 @@ def _write(ctx: CompressContext, result: MethodResult, details: dict, finetune: 
         report[key]["ratio"] = report[key]["after"] / report[key]["before"]
     model = model.cpu()
     arch = describe(model, loaded.arch.base, loaded.arch.kwargs)
-    report["kept"] = block_table(arch)
-    report["dense_blocks"] = block_table(describe(ctx.dense, loaded.arch.base, loaded.arch.kwargs))
+    report["kept"] = block_table(arch, model.embed_dim)
+    report["dense_blocks"] = block_table(describe(ctx.dense, loaded.arch.base, loaded.arch.kwargs), ctx.dense.embed_dim)
     report["equivalence"] = result.equivalence
     report |= details
     report["finetune"] = finetune

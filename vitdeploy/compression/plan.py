@@ -10,7 +10,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from vitdeploy.models.surgery import attention_dims, slice_attention, slice_mlp
+from vitdeploy.models.surgery import (attention_dims, residual_heads, residual_norms, slice_attention, slice_embed,
+                                     slice_mlp)
 
 
 @dataclass
@@ -30,6 +31,15 @@ class BlockPlan:
         return self.mlp_in is not None or self.mlp_hidden is not None
 
 
+class Plan(list):
+    """The per-block plans (a list of BlockPlan, block order) and the model-level choice: `embed`, the kept
+    residual dims (None keeps the whole width)."""
+
+    def __init__(self, blocks=(), embed: Optional[list[int]] = None) -> None:
+        super().__init__(blocks)
+        self.embed = embed
+
+
 def align_count(raw: float, total: int, alignment: int, min_keep: float) -> int:
     """A kept count near `raw`: a multiple of `alignment` (or all `total`), never below the minimum kept
     fraction (itself rounded up to the alignment), never zero."""
@@ -46,8 +56,9 @@ def aligned_keep(n: int, rate: float, alignment: int, min_keep: float) -> int:
 
 
 def apply_plan(model: nn.Module, plan: list[BlockPlan]) -> nn.Module:
-    """Slice every block in place as the plan says."""
+    """Slice every block in place as the plan says, then cut the residual width if the plan keeps less of it."""
     width = model.embed_dim
+    embed = getattr(plan, "embed", None)
     for blk, bp in zip(model.blocks, plan):
         if bp.touches_attention():
             blk.attn = slice_attention(
@@ -57,6 +68,48 @@ def apply_plan(model: nn.Module, plan: list[BlockPlan]) -> nn.Module:
             )
         if bp.touches_mlp():
             blk.mlp = slice_mlp(blk.mlp, width, bp.mlp_hidden, bp.mlp_in)
+    if embed is not None and len(embed) < width:
+        slice_embed(model, embed)
+    return model
+
+
+class KeptStatsLayerNorm(nn.LayerNorm):
+    """A LayerNorm whose mean and variance run over the kept residual dims only, with the cut dims' outputs zeroed:
+    in a dense-width model, exactly what the LayerNorm of the cut model computes on the kept dims. It shares the
+    wrapped norm's parameters and is a LayerNorm, so gates attach to it as to the norm it replaces."""
+
+    def __init__(self, norm: nn.LayerNorm, keep: torch.Tensor) -> None:
+        super().__init__(norm.normalized_shape, eps=norm.eps, elementwise_affine=norm.elementwise_affine,
+                         bias=norm.bias is not None)
+        if norm.elementwise_affine:
+            self.weight = norm.weight
+            self.bias = norm.bias
+        device = norm.weight.device if norm.elementwise_affine else None
+        self.register_buffer("keep", torch.as_tensor(keep, dtype=torch.long, device=device))
+        mask = torch.zeros(norm.normalized_shape[0], device=device)
+        mask[self.keep] = 1.0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept = x.index_select(-1, self.keep)
+        mean = kept.mean(-1, keepdim=True)
+        var = kept.var(-1, unbiased=False, keepdim=True)
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.elementwise_affine:
+            y = y * self.weight + (self.bias if self.bias is not None else 0)
+        return y * self.mask
+
+
+def kept_stats_norms(model: nn.Module, keep: Optional[list[int]]) -> nn.Module:
+    """Every LayerNorm on the residual stream of `model` (in place) normalising over the kept dims only: the dense
+    reference for a residual cut (with the cut dims also unread: zeroed gates or columns)."""
+    if keep is None:
+        return model
+    keep_t = torch.as_tensor(keep, dtype=torch.long)
+    for owner, name in residual_norms(model):
+        norm = getattr(owner, name)
+        if isinstance(norm, nn.LayerNorm):
+            setattr(owner, name, KeptStatsLayerNorm(norm, keep_t))
     return model
 
 
@@ -69,6 +122,12 @@ def masked_copy(model: nn.Module, plan: list[BlockPlan]) -> nn.Module:
             _mask_attention(blk.attn, bp)
         if bp.touches_mlp():
             _mask_mlp(blk.mlp, bp)
+    embed = getattr(plan, "embed", None)
+    if embed is not None:  # the norms zero the cut dims they output; a head read without a norm loses its columns
+        if all(isinstance(m, nn.Identity) for m in (masked.norm, masked.fc_norm)):
+            for head in residual_heads(masked):
+                head.weight[:, _complement(masked.embed_dim, embed)] = 0
+        kept_stats_norms(masked, embed)
     return masked
 
 
@@ -110,3 +169,4 @@ def _mask_mlp(mlp: nn.Module, bp: BlockPlan) -> None:
 
 def plan_to_dict(plan: list[BlockPlan]) -> list[dict]:
     return [asdict(bp) for bp in plan]
+

@@ -41,22 +41,30 @@ class SparsityCfg(TrainCfg):
     score_lr: Optional[float] = spec(None, lo=0, lo_open=True, doc="AdamW learning rate of the scores (None: lr)")
 
 
-SITE_CHOICES = ("attn_in", "attn_qk", "attn_out", "mlp_in", "mlp_hidden")
+SITE_CHOICES = ("embed", "attn_in", "attn_qk", "attn_out", "mlp_in", "mlp_hidden")
 
 
 @dataclass
 class PruneCfg:
     """Which dims to remove and how the plan is shaped."""
-    importance: str = spec("learned", choices=("learned", "magnitude"),
-                           doc="learned: VTP scores from the sparsity phase; magnitude: training-free weight norms")
+    importance: str = spec("learned", choices=("learned", "magnitude", "taylor"),
+                           doc="learned: VTP scores from the sparsity phase; magnitude: training-free weight norms "
+                               "(each site scaled to mean 1); taylor: the loss change of removing each dim "
+                               "(Fisher estimate on taylor_images train images), one scale for every site")
     rate: float = spec(0.3, lo=0, hi=1, hi_open=True, doc="fraction of the scored dims to remove")
     sites: list = spec(["attn_in", "attn_out", "mlp_in", "mlp_hidden"], choices=SITE_CHOICES,
-                       doc="where dims are scored and removed (attn_out: each head's v dims; attn_qk: its q/k dims)")
+                       doc="where dims are scored and removed (embed: the residual width, one for the whole "
+                           "model; attn_out: each head's v dims; attn_qk: its q/k dims)")
     scope: str = spec("global", choices=("global", "uniform"),
                       doc="global: one threshold over all scores; uniform: the same rate in every block and site")
     alignment: int = spec(8, choices=(8, 16, 32, 64), doc="kept counts are multiples of this")
     min_keep: float = spec(0.1, lo=0, hi=1, lo_open=True, doc="minimum kept fraction per site and block")
     remove_heads: bool = spec(False, doc="remove whole heads whose v dims fall below the threshold (needs attn_out)")
+    cost: str = spec("dims", choices=("dims", "macs"),
+                     doc="global threshold over dims: the scores as they are; macs: each score divided by the MACs "
+                         "its dim costs (a residual dim costs every layer), so the plan keeps the most importance "
+                         "per MAC")
+    taylor_images: int = spec(1024, lo=1, doc="train images the taylor importance is measured on (batches of 32)")
 
 
 LAYER_CHOICES = ("qkv", "proj", "fc1", "fc2")
@@ -93,9 +101,10 @@ class McfCfg:
                                                  "(None: threshold)")
     in_rate: Optional[float] = spec(None, lo=0, hi=1, hi_open=True,
                                     doc="fraction of fc1 input dims to remove (None: prune.rate, which sets the hidden dims)")
-    input_rule: str = spec("uniform", choices=("uniform", "per_layer"),
+    input_rule: str = spec("uniform", choices=("uniform", "per_layer", "embed"),
                            doc="uniform: every FFN keeps the same input dims, the residual is permuted once so each "
-                               "select is a slice (X-Transformation); per_layer: each FFN its own dims (a gather each)")
+                               "select is a slice (X-Transformation); per_layer: each FFN its own dims (a gather each); "
+                               "embed: the shared input dims become the residual width, cut from the whole model")
     recovery_epochs: int = spec(1, lo=0, doc="training epochs (finetune settings) after each FFN is compressed")
 
 

@@ -5,6 +5,7 @@ point 0), with per-output-channel weight scales. Quantizing the residual adds, L
 accuracy for no speed, so by default only the MatMul/Gemm inputs of Linear layers get Q/DQ; the attention
 matmuls (Q·Kᵀ and P·V) are an option. onnxruntime.quantization does the calibration and the insertion; this
 module chooses the nodes and options and checks the placement rules on the result (`qdq_problems`).
+With an accuracy budget the placement is planned per layer instead (int8_plan.py, on calibrate.py and qdq.py).
 """
 from __future__ import annotations
 
@@ -31,16 +32,38 @@ _CALIB_BATCH = 16  # images per calibration step: bounds the memory the histogra
 
 @dataclass
 class Int8Config:
-    """How the INT8 graph is calibrated and where its Q/DQ go."""
+    """How the INT8 graph is calibrated and where its Q/DQ go: a fixed placement, or a plan under an accuracy
+    budget (`max_drop` and/or `min_agreement`; see int8_plan.py)."""
 
-    method: str = "minmax"
-    attention: bool = False  # also quantize the attention matmuls (Q·Kᵀ, P·V)
+    method: Optional[str] = None  # None: minmax for the fixed placement, "auto" (per tensor) for a plan
+    attention: bool = False  # also quantize the attention matmuls (Q·Kᵀ, P·V); a plan always considers them
     exclude: tuple[str, ...] = ()  # layer names ("blocks.0.mlp.fc1", "head", a block "blocks.11") or ONNX node names
     percentile: float = 99.999  # for method="percentile"
+    max_drop: Optional[float] = None  # plan: top-1 points the INT8 graph may lose against FP32 (held-out images)
+    min_agreement: Optional[float] = None  # plan: least top-1 agreement with FP32 (held-out images)
+    plan_images: int = 1000  # plan: held-out images
+
+    @property
+    def planned(self) -> bool:
+        return self.max_drop is not None or self.min_agreement is not None
+
+    def plan_config(self, batch: int = 8, threads: Optional[int] = None) -> Any:
+        from vitdeploy.deploy.int8_plan import PlanConfig
+
+        return PlanConfig(max_drop=self.max_drop, min_agreement=self.min_agreement, images=int(self.plan_images),
+                          method=str(self.method), percentile=float(self.percentile), batch=batch, threads=threads)
 
     def __post_init__(self) -> None:
-        if self.method not in CALIB_METHODS:
-            raise VitDeployError(f"unknown calibration method {self.method!r}; use one of: {', '.join(CALIB_METHODS)}")
+        if self.method is None:
+            self.method = "auto" if self.planned else "minmax"
+        if self.method == "auto" and not self.planned:
+            raise VitDeployError("--calib-method auto chooses a method per tensor for a plan: add --int8-max-drop "
+                                 "or --int8-min-agreement")
+        if self.method not in (*CALIB_METHODS, "auto"):
+            raise VitDeployError(f"unknown calibration method {self.method!r}; use one of: "
+                                 f"{', '.join(CALIB_METHODS)}, auto")
+        if self.planned:
+            self.plan_config()  # checks the budget
         if not 90.0 <= float(self.percentile) <= 100.0:
             raise VitDeployError(f"calibration percentile must be in [90, 100], got {self.percentile}")
         self.exclude = tuple(e.strip() for e in self.exclude if e.strip())
@@ -76,6 +99,11 @@ def attention_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """MatMuls whose two inputs are both activations: attention's Q·Kᵀ and P·V."""
     consts = _constants(model)
     return [n for n in model.graph.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
+
+
+def excluded_nodes(model: onnx.ModelProto, exclude: tuple[str, ...]) -> list[str]:
+    """The MatMul/Gemm nodes (Linear and attention) that `exclude` entries name; an entry naming none is an error."""
+    return select_nodes(model, Int8Config(attention=True, exclude=exclude))[1] if exclude else []
 
 
 def select_nodes(model: onnx.ModelProto, cfg: Int8Config) -> tuple[list[str], list[str]]:
@@ -186,7 +214,7 @@ def quantize_int8(model: onnx.ModelProto, images: np.ndarray, cfg: Int8Config) -
     if problems:
         raise VitDeployError(f"INT8 graph breaks the Q/DQ placement rules: {problems[0]}")
     record = {
-        **{k: v for k, v in asdict(cfg).items() if k != "percentile"},
+        **{k: v for k, v in asdict(cfg).items() if k in ("method", "attention")},
         **({"percentile": cfg.percentile} if cfg.method == "percentile" else {}),
         "exclude": list(cfg.exclude), "images": int(len(images)), "activations": "int8 symmetric per-tensor",
         "weights": "int8 symmetric per-channel", "quantized_nodes": len(nodes), "excluded_nodes": excluded,

@@ -2,7 +2,8 @@
 
     model ─trace─▶ raw FP32 ONNX ─cleanup passes (parity after each)─▶ clean FP32 ─┬─▶ model.fp32.onnx
                                                                                   ├─▶ model.fp16.onnx (+ sensitivity)
-                                                                                  └─▶ model.int8.onnx (calibrated Q/DQ)
+                                                                                  └─▶ model.int8.onnx (calibrated Q/DQ,
+                                                                     or planned under a budget: + int8_sensitivity.*)
     then, with a target: TensorRT engines where possible, build_engines.sh, triton/ — and export.json.
 
 Everything is built in a staging folder that is moved into place only when complete, so a failure at any step
@@ -19,10 +20,10 @@ import numpy as np
 import onnx
 import torch
 
-from vitdeploy.data import calibration_subset, load_dataset
+from vitdeploy.data import calibration_subset, load_dataset, splits_of
 from vitdeploy.deploy.fp16 import IO_DTYPES, build_fp16
 from vitdeploy.deploy.graph import clean_graph
-from vitdeploy.deploy.int8 import DEFAULT_CALIB_IMAGES, Int8Config, quantize_int8
+from vitdeploy.deploy.int8 import DEFAULT_CALIB_IMAGES, Int8Config, qdq_problems, quantize_int8
 from vitdeploy.deploy.onnx_export import export_onnx, onnx_summary, scratch_graph, write_onnx
 from vitdeploy.errors import DataError, VitDeployError
 from vitdeploy.io import atomic_write_json, seal, sha256_file, staged_dir
@@ -83,6 +84,37 @@ def calibration_images(loaded: LoadedModel, spec: Optional[str], n: int, seed: i
     ds = calibration_subset(load_dataset(spec, "train", loaded.data_config), int(n), seed=seed)
     x = torch.stack([ds[i][0] for i in range(len(ds))]).numpy()
     return x, {"data": spec, "split": "train", "images": len(ds), "of": len(ds.dataset), "seed": seed}
+
+
+def held_out_images(loaded: LoadedModel, spec: Optional[str], n: int, calib_images: int,
+                    seed: int = 1) -> tuple[np.ndarray, np.ndarray, dict]:
+    """`n` labelled images an INT8 plan is measured on, never from the split evaluation scores on: the val split
+    where the dataset has an official test set (fashion-mnist: 5,000 held out of the training file), else train
+    images that are not among the calibration images."""
+    from torch.utils.data import Subset
+
+    spec = spec or _training_data(loaded)
+    if not spec:
+        raise DataError("an INT8 plan needs held-out images: pass --calib-data SPEC")
+    if "test" in splits_of(spec):
+        split, ds = "val", load_dataset(spec, "val", loaded.data_config)
+        pool = list(range(len(ds)))
+    else:
+        split, ds = "train", load_dataset(spec, "train", loaded.data_config)
+        used = set(calibration_subset(ds, int(calib_images), seed=0).indices)
+        pool = [i for i in range(len(ds)) if i not in used]
+        if not pool:
+            raise DataError(f"no train images of {spec} are left for the INT8 plan's held-out split after "
+                            f"{calib_images} calibration images: lower --calib-images")
+    g = torch.Generator().manual_seed(int(seed))
+    pick = sorted(pool[i] for i in torch.randperm(len(pool), generator=g)[:int(n)].tolist())
+    sub = Subset(ds, pick)
+    items = [sub[i] for i in range(len(sub))]
+    x = torch.stack([it[0] for it in items]).numpy()
+    y = np.array([int(it[1]) for it in items])
+    info = {"data": spec, "split": split, "images": len(pick), "of": len(pool), "seed": seed,
+            "excludes_calibration_images": split == "train"}
+    return x, y, info
 
 
 def _training_data(loaded: LoadedModel) -> Optional[str]:
@@ -180,6 +212,8 @@ def run_export(loaded: LoadedModel, out: Path, cfg: ExportConfig) -> dict:
     target = resolve_target(cfg.target)
     precisions = cfg.precisions or (list(target.precisions) if cfg.target else ["fp32"])
     calib = calibration_images(loaded, cfg.calib_data, cfg.calib_images) if "int8" in precisions else None
+    held = held_out_images(loaded, cfg.calib_data, cfg.int8.plan_images, cfg.calib_images) \
+        if calib is not None and cfg.int8.planned else None
     x, described = parity_inputs(loaded, cfg.data)
     report: dict[str, Any] = {
         "model": loaded.source, "input_size": list(loaded.input_size), "data_config": json_ready(loaded.data_config),
@@ -193,6 +227,9 @@ def run_export(loaded: LoadedModel, out: Path, cfg: ExportConfig) -> dict:
         def step(what: str) -> None:
             bar.update(task, advance=1, description=what)
 
+        def note(what: str) -> None:
+            bar.update(task, description=what)
+
         work = stage / ".work"
         work.mkdir()
         bar.update(task, description="trace FP32")
@@ -205,7 +242,8 @@ def run_export(loaded: LoadedModel, out: Path, cfg: ExportConfig) -> dict:
         clean, passes = clean_graph(onnx.load(str(raw)), lambda m: ref.parity_of_model(m, PASS_CHECK_IMAGES))
         report["cleanup"] = {"passes": passes, "parity_images": min(PASS_CHECK_IMAGES, len(x))}
         step("clean FP32")
-        graphs = _write_graphs(stage, clean, precisions, cfg, ref, calib, report, step)
+        graphs = _write_graphs(stage, clean, precisions, cfg, ref, calib, report, step,
+                               planning=(held, target, note))
         extras = _deploy_extras(stage, graphs, target, loaded)
         report["target"] = target.to_dict()
         report.update({k: v for k, v in extras.items() if k != "target"})
@@ -219,7 +257,8 @@ def run_export(loaded: LoadedModel, out: Path, cfg: ExportConfig) -> dict:
 
 
 def _write_graphs(stage: Path, clean: onnx.ModelProto, precisions: list[str], cfg: ExportConfig, ref: Reference,
-                  calib: Optional[tuple[np.ndarray, dict]], report: dict, step: Callable[[str], None]) -> list[dict]:
+                  calib: Optional[tuple[np.ndarray, dict]], report: dict, step: Callable[[str], None],
+                  planning: tuple = (None, None, None)) -> list[dict]:
     """Build, write and measure each requested graph; fills report["artifacts"], ["fp16"], ["int8"]."""
     graphs: list[dict] = []
     fp32_logits: Optional[np.ndarray] = None
@@ -234,6 +273,9 @@ def _write_graphs(stage: Path, clean: onnx.ModelProto, precisions: list[str], cf
                 fp32_logits = _agreement_base(clean, ref)
             model, report["fp16"] = build_fp16(clean, _agreement(fp32_logits, ref), cfg.io_dtype)
             extra["io_dtype"] = cfg.io_dtype
+        elif cfg.int8.planned:
+            assert calib is not None and planning[0] is not None
+            model, report["int8"] = planned_int8(stage, clean, calib, *planning, cfg, ref.scratch)
         else:
             assert calib is not None
             model, settings = quantize_int8(clean, calib[0], cfg.int8)
@@ -245,6 +287,56 @@ def _write_graphs(stage: Path, clean: onnx.ModelProto, precisions: list[str], cf
         graphs.append({"file": name, "precision": precision})
         step(f"parity {precision}")
     return graphs
+
+
+SENSITIVITY_TABLE, SENSITIVITY_PLOT = "int8_sensitivity.csv", "int8_sensitivity.png"
+
+
+def planned_int8(stage: Path, clean: onnx.ModelProto, calib: tuple[np.ndarray, dict],
+                 held: tuple[np.ndarray, np.ndarray, dict], target: Any, note: Callable[[str], None],
+                 cfg: ExportConfig, scratch: Path) -> tuple[onnx.ModelProto, dict]:
+    """The INT8 graph planned under the budget of `cfg.int8`, its record, and the sensitivity table and plot in
+    `stage`. Layers returned by the plan run FP32 on a CPU target and FP16 on a GPU one."""
+    from vitdeploy.deploy.int8 import excluded_nodes
+    from vitdeploy.deploy.int8_plan import end_to_end, plan_int8, sensitivity_csv, with_fp16_rest
+    from vitdeploy.deploy.qdq import quantized_nodes
+    from vitdeploy.io import atomic_write_text
+    from vitdeploy.runtime.host import physical_cores
+    from vitdeploy.viz.plots import plot_int8_sensitivity
+
+    batch = int(cfg.static_batch or target.serving_profile["opt"])
+    threads = physical_cores()
+    excluded = excluded_nodes(clean, cfg.int8.exclude)
+    plan = plan_int8(clean, calib[0], held[0], held[1], cfg.int8.plan_config(batch, threads), scratch,
+                     set(excluded), step=note)
+    rest = "fp32" if target.device == "cpu" else "fp16"
+    model, record = plan.model, plan.record
+    if rest == "fp16":
+        note("int8 plan: FP16 for the rest")
+        model = with_fp16_rest(plan.model, cfg.io_dtype)
+        s = plan.held.score(model)
+        record["planned_with_fp16_rest"] = {**s, "drop_points": round(100 * (record["fp32"]["top1"] - s["top1"]), 3)}
+    else:
+        note("int8 plan: end-to-end timing")
+        x = held[0][:batch]
+        x = np.concatenate([x, np.repeat(x[-1:], batch - len(x), axis=0)]) if len(x) < batch else x
+        record["speed"] = end_to_end({"fp32": clean, "full": plan.full_model(), "planned": plan.model}, x, scratch,
+                                     threads)
+    atomic_write_text(stage / SENSITIVITY_TABLE, sensitivity_csv(plan.rows))
+    plot_int8_sensitivity(plan.rows, stage / SENSITIVITY_PLOT,
+                          f"INT8 sensitivity ({held[2]['images']} held-out {held[2]['split']} images)")
+    problems = qdq_problems(model)
+    if problems:
+        raise VitDeployError(f"planned INT8 graph breaks the Q/DQ placement rules: {problems[0]}")
+    nodes = quantized_nodes(model)
+    settings = {
+        "mode": "planned", "method": cfg.int8.method, "rest": rest, "exclude": list(cfg.int8.exclude),
+        "excluded_nodes": excluded, "images": int(len(calib[0])), "activations": "int8 symmetric per-tensor",
+        "weights": "int8 symmetric per-channel", "quantized_nodes": len(nodes),
+        "quantized_layers": [r["layer"] for r in plan.rows if r["int8"]],
+        "table": SENSITIVITY_TABLE, "plot": SENSITIVITY_PLOT,
+    }
+    return model, {"calibration": calib[1], "held_out": held[2], **settings, "plan": record}
 
 
 def _agreement_base(clean: onnx.ModelProto, ref: Reference) -> np.ndarray:

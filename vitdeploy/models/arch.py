@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import timm
+import torch
 import torch.nn as nn
 from timm.layers import Mlp
 from timm.layers.attention import Attention
@@ -13,7 +14,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from vitdeploy.errors import ModelError
 from vitdeploy.validate import exact_keys, finite_number, int_list, mapping, optional_positive_int, positive_int
-from vitdeploy.models.surgery import IndexSelect, LowRankLinear, PrunedAttention, PrunedMlp, attention_dims
+from vitdeploy.models.surgery import IndexSelect, LowRankLinear, PrunedAttention, PrunedMlp, attention_dims, slice_embed
 
 SUPPORTED = (
     "timm's VisionTransformer family (ViT, DeiT, DeiT-III, distilled DeiT, ViTs with registers; class token or "
@@ -73,23 +74,26 @@ class ArchSpec:
     base: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     blocks: list[BlockDims] = field(default_factory=list)
+    embed_dim: Optional[int] = None  # the residual width where pruning cut it (None: the base model's)
 
     def to_dict(self) -> dict:
-        return {"base": self.base, "kwargs": self.kwargs, "blocks": [asdict(b) for b in self.blocks]}
+        d = {"base": self.base, "kwargs": self.kwargs, "blocks": [asdict(b) for b in self.blocks]}
+        return d if self.embed_dim is None else {**d, "embed_dim": self.embed_dim}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "architecture") -> "ArchSpec":
         """The description read from vitdeploy.json or a checkpoint's metadata, checked by type and range before
         anything is built from it; a bad field is a one-line ModelError naming it (`where` says whose)."""
         d = mapping(d, where, ModelError)
-        exact_keys(d, where, ("base", "blocks"), ("kwargs",), ModelError)
+        exact_keys(d, where, ("base", "blocks"), ("kwargs", "embed_dim"), ModelError)
         if not isinstance(d["base"], str) or not d["base"]:
             raise ModelError(f"{where}.base must be a timm model name, got {str(d['base'])[:60]!r}")
         kwargs = check_kwargs(mapping(d.get("kwargs", {}), f"{where}.kwargs", ModelError), f"{where}.kwargs")
         if not isinstance(d["blocks"], list):
             raise ModelError(f"{where}.blocks must be a list, got {str(d['blocks'])[:60]!r}")
         blocks = [BlockDims.from_dict(b, f"{where}.blocks[{i}]") for i, b in enumerate(d["blocks"])]
-        return cls(base=d["base"], kwargs=kwargs, blocks=blocks)
+        embed = optional_positive_int(d.get("embed_dim"), f"{where}.embed_dim", ModelError)
+        return cls(base=d["base"], kwargs=kwargs, blocks=blocks, embed_dim=embed)
 
 
 # timm keyword arguments whose values are counts or sizes: checked before timm sees them (timm would build a
@@ -156,7 +160,9 @@ def describe_block(blk: Block, width: int) -> BlockDims:
 
 def describe(model: VisionTransformer, base: str, kwargs: dict[str, Any]) -> ArchSpec:
     width = model.embed_dim
-    return ArchSpec(base=base, kwargs=dict(kwargs), blocks=[describe_block(b, width) for b in model.blocks])
+    embed = width if getattr(model, "base_embed_dim", width) != width else None
+    return ArchSpec(base=base, kwargs=dict(kwargs), blocks=[describe_block(b, width) for b in model.blocks],
+                    embed_dim=embed)
 
 
 def create_base(base: str, kwargs: dict[str, Any], pretrained: bool = False) -> VisionTransformer:
@@ -220,6 +226,13 @@ def build(arch: ArchSpec, where: str = "architecture") -> VisionTransformer:
     model = create_base(arch.base, arch.kwargs)
     if len(arch.blocks) != len(model.blocks):
         raise ModelError(f"architecture lists {len(arch.blocks)} blocks but '{arch.base}' has {len(model.blocks)}")
+    if arch.embed_dim is not None:
+        if arch.embed_dim > model.embed_dim:
+            raise ModelError(f"{where}.embed_dim is {arch.embed_dim}, more than the {model.embed_dim} of '{arch.base}'")
+        try:
+            slice_embed(model, torch.arange(arch.embed_dim))
+        except ValueError as e:
+            raise ModelError(f"{where}.embed_dim: {e}") from None
     width = model.embed_dim
     for i, (blk, want) in enumerate(zip(model.blocks, arch.blocks)):
         have = describe_block(blk, width)

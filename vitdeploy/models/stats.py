@@ -105,12 +105,14 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     return eager
 
 
-def block_table(arch) -> list[dict]:
-    """One row per block with the dims a user cares about (for `info` and reports)."""
+def block_table(arch, width: int | None = None) -> list[dict]:
+    """One row per block with the dims a user cares about (for `info` and reports); `width` is the residual width
+    of the model described (the architecture records it only where pruning cut it)."""
     rows = []
     for i, b in enumerate(arch.blocks):
         rows.append({
             "block": i,
+            "width": arch.embed_dim or width,
             "heads": b.attn.num_heads,
             "qk_head_dim": b.attn.qk_head_dim,
             "v_head_dim": b.attn.v_head_dim,

@@ -338,3 +338,149 @@ def slice_mlp(mlp: nn.Module, dim: int, hidden_idx: Index = None, in_idx: Index 
     _copy_linear(new.fc1, w1[hid][:, local_in], None if b1 is None else b1[hid])
     _copy_linear(new.fc2, w2[:, hid], b2)
     return new.train(mlp.training)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The residual width: one set of kept dims of the residual stream, removed from every module that reads or writes it.
+
+TOKENS = ("cls_token", "reg_token", "dist_token", "pos_embed")
+
+
+def residual_norms(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(owner, attribute) of every norm applied to the residual stream: the patch-embed norm, norm_pre, each block's
+    norm1 and norm2, the final norm and fc_norm (Identity ones included; callers skip them)."""
+    found = [(model.patch_embed, "norm")] if hasattr(model.patch_embed, "norm") else []
+    found.append((model, "norm_pre"))
+    for blk in model.blocks:
+        found += [(blk, "norm1"), (blk, "norm2")]
+    return found + [(model, "norm"), (model, "fc_norm")]
+
+
+def residual_heads(model: nn.Module) -> list[nn.Module]:
+    """The classifier Linear layers that read the pooled residual stream (head, and head_dist of distilled DeiT)."""
+    return [m for m in (getattr(model, "head", None), getattr(model, "head_dist", None)) if isinstance(m, nn.Linear)]
+
+
+def check_embed_prunable(model: nn.Module) -> None:
+    """Raise ValueError (with the reason) for models whose residual width vitdeploy cannot cut."""
+    if getattr(model, "attn_pool", None) is not None:
+        raise ValueError("the residual width cannot be pruned under an attention-pool head (global_pool='map')")
+    if not isinstance(getattr(model.patch_embed, "proj", None), nn.Conv2d):
+        raise ValueError("the residual width needs a patch embedding that ends in a Conv2d 'proj'")
+    for owner, name in residual_norms(model):
+        norm = getattr(owner, name)
+        if not isinstance(norm, (nn.Identity, nn.LayerNorm)):
+            raise ValueError(f"the residual width can be pruned through LayerNorm only, found {type(norm).__name__}")
+    for blk in model.blocks:
+        for layer in (blk.attn.qkv, blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2):
+            if not isinstance(layer, nn.Linear):
+                raise ValueError("prune the residual width before factoring layers (found a low-rank layer)")
+    if type(model.head) not in (nn.Linear, nn.Identity):
+        raise ValueError(f"the residual width cannot be pruned into a {type(model.head).__name__} head")
+
+
+def _sliced_layernorm(norm: nn.Module, keep: torch.Tensor) -> nn.Module:
+    if isinstance(norm, nn.Identity):
+        return norm
+    new = nn.LayerNorm(len(keep), eps=norm.eps, elementwise_affine=norm.elementwise_affine,
+                       bias=norm.bias is not None)
+    if norm.elementwise_affine:
+        with torch.no_grad():
+            new.weight.copy_(norm.weight[keep])
+            if norm.bias is not None:
+                new.bias.copy_(norm.bias[keep])
+    return new.train(norm.training)
+
+
+def _local_inputs(module: nn.Module, width: int, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a module that reads the residual (maybe through an index-select): which of its current inputs survive,
+    and where those inputs sit in the cut residual stream. `pos[d]` is d's new position, -1 when d is cut."""
+    cur = _input_index(module)
+    full = torch.arange(width) if cur is None else cur
+    local = (pos[full] >= 0).nonzero().flatten()
+    if local.numel() == 0:
+        raise ValueError("the residual cut removes every input dim of a block; keep more of the residual width")
+    return local, pos[full[local]]
+
+
+def _attention_at_width(attn: nn.Module, width: int, keep: torch.Tensor, pos: torch.Tensor) -> PrunedAttention:
+    d = attention_dims(attn)
+    local, new_full = _local_inputs(attn, width, pos)
+    new = PrunedAttention(
+        len(keep), d["num_heads"], d["qk_head_dim"], d["v_head_dim"], d["scale"], in_dim=len(local),
+        qkv_bias=attn.qkv.bias is not None, proj_bias=attn.proj.bias is not None,
+        q_norm=None if isinstance(attn.q_norm, nn.Identity) else attn.q_norm,
+        k_norm=None if isinstance(attn.k_norm, nn.Identity) else attn.k_norm,
+        norm=None if isinstance(attn.norm, nn.Identity) else attn.norm,
+        attn_drop=attn.attn_drop.p, proj_drop=attn.proj_drop.p,
+    )
+    if isinstance(new.in_select, IndexSelect):
+        new.in_select.set_index(new_full)
+    _copy_linear(new.qkv, attn.qkv.weight.detach()[:, local], _bias(attn.qkv))
+    b = _bias(attn.proj)
+    _copy_linear(new.proj, attn.proj.weight.detach()[keep], None if b is None else b[keep])
+    new.fused_attn = getattr(attn, "fused_attn", True)
+    return new.train(attn.training)
+
+
+def _mlp_at_width(mlp: nn.Module, width: int, keep: torch.Tensor, pos: torch.Tensor) -> PrunedMlp:
+    local, new_full = _local_inputs(mlp, width, pos)
+    b1, b2 = _bias(mlp.fc1), _bias(mlp.fc2)
+    new = PrunedMlp(len(keep), mlp.fc1.out_features, copy.deepcopy(mlp.act), in_dim=len(local),
+                    out_features=len(keep), bias=(b1 is not None, b2 is not None),
+                    norm=None if isinstance(mlp.norm, nn.Identity) else mlp.norm, drop=(mlp.drop1.p, mlp.drop2.p))
+    if isinstance(new.in_select, IndexSelect):
+        new.in_select.set_index(new_full)
+    _copy_linear(new.fc1, mlp.fc1.weight.detach()[:, local], b1)
+    _copy_linear(new.fc2, mlp.fc2.weight.detach()[keep], None if b2 is None else b2[keep])
+    return new.train(mlp.training)
+
+
+def _sliced_conv_out(conv: nn.Conv2d, keep: torch.Tensor) -> nn.Conv2d:
+    new = nn.Conv2d(conv.in_channels, len(keep), conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight[keep])
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias[keep])
+    return new.train(conv.training)
+
+
+@torch.no_grad()
+def slice_embed(model: nn.Module, keep: Index) -> nn.Module:
+    """Keep only the residual dims `keep` (indices into the current width), in place, everywhere the residual
+    stream is read or written: patch-embed out channels, class/register/distillation tokens, position embedding,
+    every LayerNorm on the stream, qkv and fc1 input columns (through any index-select), proj and fc2 output rows,
+    layer scales, the final norms and the classifier's input columns. Blocks become PrunedAttention/PrunedMlp at
+    the new width. LayerNorms then normalise over the kept dims only, which is a different function from the dense
+    model with those dims zeroed: plan.kept_stats_norms builds the dense reference that equals it."""
+    check_embed_prunable(model)
+    width = model.embed_dim
+    keep_t = _as_index(keep, width)
+    pos = torch.full((width,), -1, dtype=torch.long)
+    pos[keep_t] = torch.arange(len(keep_t))
+    pe = model.patch_embed
+    pe.proj = _sliced_conv_out(pe.proj, keep_t)
+    for name in TOKENS:
+        p = getattr(model, name, None)
+        if isinstance(p, nn.Parameter):
+            setattr(model, name, nn.Parameter(p.detach()[..., keep_t].clone(), requires_grad=p.requires_grad))
+    for owner, name in residual_norms(model):
+        setattr(owner, name, _sliced_layernorm(getattr(owner, name), keep_t))
+    for blk in model.blocks:
+        blk.attn = _attention_at_width(blk.attn, width, keep_t, pos)
+        blk.mlp = _mlp_at_width(blk.mlp, width, keep_t, pos)
+        for ls in (blk.ls1, blk.ls2):
+            if hasattr(ls, "gamma"):
+                ls.gamma = nn.Parameter(ls.gamma.detach()[keep_t].clone())
+    for attr in ("head", "head_dist"):
+        head = getattr(model, attr, None)
+        if isinstance(head, nn.Linear):
+            new = nn.Linear(len(keep_t), head.out_features, bias=head.bias is not None)
+            _copy_linear(new, head.weight.detach()[:, keep_t], _bias(head))
+            setattr(model, attr, new.train(head.training))
+    model.base_embed_dim = getattr(model, "base_embed_dim", width)
+    model.embed_dim = model.num_features = len(keep_t)
+    if hasattr(model, "head_hidden_size"):
+        model.head_hidden_size = len(keep_t)
+    return model

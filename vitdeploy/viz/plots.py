@@ -24,6 +24,7 @@ from vitdeploy.viz.pareto import pareto_front  # noqa: E402
 _LINESTYLES = {"fp32": "-", "fp16": "--", "int8": ":", "fp16-autocast": "-."}
 _MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "fp16-autocast": "D"}
 _KEPT_GROUPS = (  # (label, function of one block row) in the order the bars stand in each block's group
+    ("residual width", lambda b: b.get("width") or max(b["attn_in"], b["mlp_in"])),
     ("attention input dims", lambda b: b["attn_in"]),
     ("attention q/k (heads × qk dim)", lambda b: b["heads"] * b["qk_head_dim"]),
     ("attention v (heads × v dim)", lambda b: b["heads"] * b["v_head_dim"]),
@@ -46,11 +47,11 @@ def _colors(names: Sequence[str]) -> dict[str, Any]:
 
 
 def plot_kept_dims(kept: list[dict], dense: list[dict] | None, path: Path, title: str) -> Path:
-    """Grouped bars per block: attention input dims, q/k and v widths (heads × head dim), MLP input and hidden dims kept, drawn
+    """Grouped bars per block: the residual width, attention input dims, q/k and v widths (heads × head dim), MLP input and hidden dims kept, drawn
     over the dense model's dims (light bars) when `dense` (same row format as `kept`) is given."""
     if not kept:
         raise ValueError("plot_kept_dims needs at least one block")
-    n, width = len(kept), 0.16
+    n, width = len(kept), 0.14
     fig, ax = plt.subplots(figsize=(max(7.0, 0.75 * n + 3), 4.2))
     colors = plt.get_cmap("tab10")
     for g, (label, value) in enumerate(_KEPT_GROUPS):
@@ -225,4 +226,35 @@ def plot_frontier(rows: list[dict], n_eval: int, path: Path, title: str) -> Path
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    return save_figure(fig, path)
+
+
+def plot_int8_sensitivity(rows: list[dict], path: Path, title: str) -> Path:
+    """Per quantizable layer (graph order): above, the accuracy INT8 costs on it alone and what leaving it out of
+    the full placement gives back (points); below, the milliseconds INT8 saves on it. Layers the plan returned
+    to float are hatched."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8.0, 0.22 * len(rows) + 3), 6.0), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 2]})
+    xs = list(range(len(rows)))
+    for off, key, label, color in ((-0.2, "alone_loss_points", "INT8 alone: loss", "tab:red"),
+                                   (0.2, "left_out_gain_points", "left out of full INT8: gain", "tab:blue")):
+        bars = top.bar([x + off for x in xs], [r[key] for r in rows], 0.4, color=color, label=label, zorder=2)
+        for b, r in zip(bars, rows):
+            if not r["int8"]:
+                b.set_hatch("//")
+                b.set_edgecolor("black")
+    top.axhline(0, color="black", linewidth=0.6)
+    top.set_ylabel("points (held-out)")
+    top.set_title(title)
+    top.grid(axis="y", alpha=0.3, zorder=0)
+    top.legend(fontsize=8, loc="upper right")
+    gains = [r["gain_ms"] if r["gain_ms"] is not None else 0.0 for r in rows]
+    colors = ["tab:green" if r["int8"] else "0.6" for r in rows]
+    bottom.bar(xs, gains, 0.6, color=colors, zorder=2)
+    bottom.axhline(0, color="black", linewidth=0.6)
+    bottom.set_ylabel("INT8 saves (ms)")
+    bottom.grid(axis="y", alpha=0.3, zorder=0)
+    bottom.set_xticks(xs, [r["layer"] for r in rows], rotation=90, fontsize=6)
+    bottom.legend(handles=[Line2D([0], [0], color="tab:green", lw=6, label="INT8 in the plan"),
+                           Line2D([0], [0], color="0.6", lw=6, label="returned to float")], fontsize=8)
     return save_figure(fig, path)
