@@ -409,9 +409,7 @@ def _attention_at_width(attn: nn.Module, width: int, keep: torch.Tensor, pos: to
     new = PrunedAttention(
         len(keep), d["num_heads"], d["qk_head_dim"], d["v_head_dim"], d["scale"], in_dim=len(local),
         qkv_bias=attn.qkv.bias is not None, proj_bias=attn.proj.bias is not None,
-        q_norm=None if isinstance(attn.q_norm, nn.Identity) else attn.q_norm,
-        k_norm=None if isinstance(attn.k_norm, nn.Identity) else attn.k_norm,
-        norm=None if isinstance(attn.norm, nn.Identity) else attn.norm,
+        q_norm=attn.q_norm, k_norm=attn.k_norm, norm=attn.norm,  # Identity where absent, as the constructor's default
         attn_drop=attn.attn_drop.p, proj_drop=attn.proj_drop.p,
     )
     if isinstance(new.in_select, IndexSelect):
@@ -428,7 +426,7 @@ def _mlp_at_width(mlp: nn.Module, width: int, keep: torch.Tensor, pos: torch.Ten
     b1, b2 = _bias(mlp.fc1), _bias(mlp.fc2)
     new = PrunedMlp(len(keep), mlp.fc1.out_features, copy.deepcopy(mlp.act), in_dim=len(local),
                     out_features=len(keep), bias=(b1 is not None, b2 is not None),
-                    norm=None if isinstance(mlp.norm, nn.Identity) else mlp.norm, drop=(mlp.drop1.p, mlp.drop2.p))
+                    norm=mlp.norm, drop=(mlp.drop1.p, mlp.drop2.p))
     if isinstance(new.in_select, IndexSelect):
         new.in_select.set_index(new_full)
     _copy_linear(new.fc1, mlp.fc1.weight.detach()[:, local], b1)
