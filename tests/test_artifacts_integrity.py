@@ -166,6 +166,16 @@ def test_compress_report_and_plot_are_in_the_manifest(digits_model_dir, tmp_path
 
 
 # ----------------------------------------------------------------------------------------------- kill -9
+def _entries(top: Path) -> list[str]:
+    """Every path under `top`, relative to it. The command under test renames and removes folders while this walks
+    them, so a folder that vanishes mid-walk is skipped (os.walk ignores scandir errors) instead of raising."""
+    found = []
+    for root, dirs, files in os.walk(top):
+        rel = os.path.relpath(root, top)
+        found += [n if rel == "." else f"{rel}/{n}" for n in dirs + files]
+    return found
+
+
 def _kill_when(cmd: list[str], out: Path, ready, timeout: float = 300) -> str:
     """Start `cmd`, poll the output's folder every millisecond, SIGKILL the process as soon as `ready(entries)` holds
     (entries: every path under the output's parent). Returns 'killed' or 'finished' (when it ended first)."""
@@ -174,7 +184,7 @@ def _kill_when(cmd: list[str], out: Path, ready, timeout: float = 300) -> str:
     start = time.monotonic()
     try:
         while p.poll() is None:
-            entries = [str(q.relative_to(out.parent)) for q in out.parent.rglob("*")] if out.parent.exists() else []
+            entries = _entries(out.parent)
             if ready(entries):
                 os.kill(p.pid, signal.SIGKILL)
                 p.wait()
