@@ -1,8 +1,15 @@
 """The TensorRT Python API surface: what vitdeploy uses, read off its source with `ast`, and what a TensorRT release
-defines, read off the pybind11 sources of its Python bindings (`python/src/**/*.cpp` of NVIDIA/TensorRT).
+defines: read off the released Python bindings themselves (the `tensorrt-cu12-bindings` wheel of that release), or
+off the pybind11 sources of the bindings (`python/src/**/*.cpp` of NVIDIA/TensorRT at a release tag).
 
+    python tests/tensorrt_api.py extract-wheel 10.3.0 > tests/data/tensorrt_api_10.txt
     python tests/tensorrt_api.py extract /path/to/TensorRT/python/src > tests/data/tensorrt_api_10.txt
     python tests/tensorrt_api.py uses
+
+`extract-wheel` needs pip, a C compiler and binutils (readelf, nm), not TensorRT and not a GPU: the bindings module
+links against the TensorRT libraries, so each library it names is stood in for by a stub that defines the symbols it
+takes from them (the library's entry points, never called), the module is imported in a child process, and every
+class, member, enum value and module-level name is read off it with `dir()`. No TensorRT code runs.
 
 A list holds one name per line: a class or enum (`Runtime`, `TensorIOMode`), a member (`Runtime.DLA_core`,
 `ICudaEngine.get_tensor_name`) or an enum value (`TensorIOMode.INPUT`), and `<module>.NAME` for module-level
@@ -46,6 +53,72 @@ def extract_tree(folder: Path) -> set[str]:
     for path in sorted(Path(folder).rglob("*.cpp")):
         names |= extract(path.read_text(errors="replace"))
     return names
+
+
+def names_of(module) -> set[str]:
+    """The names a loaded bindings module defines, in the lists' form (nested classes and enums by their own name
+    too, as `missing` walks a chain `A.B.C` through `A.B` and `B.C`)."""
+    names: set[str] = set()
+
+    def add_class(name: str, cls: type, depth: int = 0) -> None:
+        names.add(name)
+        for m in dir(cls):
+            if m.startswith("__"):
+                continue  # dunders come with every class (`missing` never asks)
+            names.add(f"{name}.{m}")
+            inner = getattr(cls, m, None)
+            if isinstance(inner, type) and depth < 2 and inner.__name__ == m:
+                add_class(m, inner, depth + 1)  # ILogger.Severity: also "Severity" and "Severity.ERROR"
+
+    for n in dir(module):
+        if n.startswith("_") and n != "__version__":
+            continue
+        obj = getattr(module, n)
+        if isinstance(obj, type) and getattr(obj, "__module__", "").split(".")[-1] in ("tensorrt", module.__name__):
+            add_class(n, obj)
+        elif not isinstance(obj, type(module)):  # functions and values; not the modules it imported
+            names.add(f"<module>.{n}")
+    return names
+
+
+_LIBS_SKIP = re.compile(r"^(Py|_Py|_ITM_|_ZGTt|__gmon_start__|__pthread|pthread_|dl[a-z]+$)")
+
+
+def extract_wheel(version: str, package: str = "tensorrt-cu12-bindings") -> set[str]:
+    """The names of a released bindings wheel (see the module doc): download, stand the TensorRT libraries in with
+    stubs, import in a child process, read the names."""
+    import json
+    import os
+    import subprocess
+    import tempfile
+    import zipfile
+
+    with tempfile.TemporaryDirectory(prefix="trt-api-") as tmp:
+        tmp_path = Path(tmp)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp,
+                        f"{package}=={version}"], check=True)
+        wheel = next(tmp_path.glob("*.whl"))
+        zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+        so = next((tmp_path / "site").rglob("tensorrt*.so"))
+        needed = re.findall(r"\(NEEDED\).*\[(libnv[\w.+-]+)\]",
+                            subprocess.run(["readelf", "-d", str(so)], capture_output=True, text=True, check=True).stdout)
+        undefined = subprocess.run(["nm", "-D", "--undefined-only", str(so)], capture_output=True, text=True,
+                                   check=True).stdout.split()
+        entry = sorted({w for w in undefined if re.fullmatch(r"[A-Za-z_]\w*", w) and not _LIBS_SKIP.match(w)
+                        and w not in ("U", "w")})
+        stub = tmp_path / "stub"
+        stub.mkdir()
+        (stub / "stub.c").write_text("".join(f"void *{name}(void) {{ return 0; }}\n" for name in entry))
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", str(stub / "libstub.so"), str(stub / "stub.c")], check=True)
+        for lib in needed:
+            (stub / lib).write_bytes((stub / "libstub.so").read_bytes())
+        package_dir = so.parent
+        child = (f"import json, sys; sys.path.insert(0, {str(package_dir.parent)!r}); sys.path.insert(0, {str(ROOT / 'tests')!r}); "
+                 f"import {package_dir.name} as trt; from tensorrt_api import names_of; "
+                 f"print(json.dumps(sorted(names_of(trt))))")
+        env = {**os.environ, "LD_LIBRARY_PATH": str(stub)}
+        out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env, check=True).stdout
+        return set(json.loads(out))
 
 
 # ------------------------------------------------------------------------------------------------- uses
@@ -141,6 +214,8 @@ def uses(paths: list[Path] = USERS) -> tuple[set[str], set[str]]:
     module, members = set(), set()
     for path in paths:
         tree = ast.parse(path.read_text())
+        if not any(isinstance(n, ast.Name) and n.id in _TRT_NAMES for n in ast.walk(tree)):
+            continue  # never names the module: its `builder` or `parser` is something else (int8_plan's QdqBuilder)
         own = _own_attributes(tree)
         helpers = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
         # a class is one scope (self.engine set in __init__ is used in infer), each other function its own
@@ -179,6 +254,10 @@ def missing(api: set[str], module: set[str], members: set[str]) -> list[str]:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "extract":
         print("\n".join(sorted(extract_tree(Path(sys.argv[2])))))
+    elif len(sys.argv) == 3 and sys.argv[1] == "extract-wheel":
+        print(f"# TensorRT {sys.argv[2]} Python bindings (tensorrt-cu12-bindings=={sys.argv[2]}), read with "
+              f"`python tests/tensorrt_api.py extract-wheel {sys.argv[2]}`")
+        print("\n".join(sorted(extract_wheel(sys.argv[2]))))
     elif len(sys.argv) == 2 and sys.argv[1] == "uses":
         mod, mem = uses()
         print("\n".join([*(f"trt.{m}" for m in sorted(mod)), *(f".{m}" for m in sorted(mem))]))

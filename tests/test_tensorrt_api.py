@@ -1,7 +1,8 @@
 """The TensorRT API surface without TensorRT: every attribute and method vitdeploy (runtime/trt.py, deploy/*) and
 profiling/profile_engine.py use on the tensorrt module and its objects, found with `ast`, must exist in each committed
-list of a release's Python binding names (tests/data/tensorrt_api_*.txt, made by `tests/tensorrt_api.py extract`
-from the pybind11 sources under python/src/ of NVIDIA/TensorRT at a release tag)."""
+list of a release's Python binding names (tests/data/tensorrt_api_*.txt, made by `tests/tensorrt_api.py
+extract-wheel VERSION`, which reads the names off that release's own bindings wheel, or by `extract` from the
+pybind11 sources under python/src/ of NVIDIA/TensorRT at a release tag)."""
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,25 @@ def test_missing_names_what_a_release_lacks():
 def test_every_use_exists_in_the_release(api_list):
     if api_list is None:
         pytest.skip("no tests/data/tensorrt_api_*.txt committed yet: make one per release with "
-                    "`python tests/tensorrt_api.py extract TensorRT/python/src > tests/data/tensorrt_api_10.txt`")
+                    "`python tests/tensorrt_api.py extract-wheel 10.3.0 > tests/data/tensorrt_api_10.txt`")
     api = {ln.strip() for ln in api_list.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
     module, members = uses()
     assert missing(api, module, members) == [], f"{api_list.name} lacks these (renamed or removed?)"
+
+
+def _release(major: int) -> set[str]:
+    path = DATA / f"tensorrt_api_{major}.txt"
+    return {ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
+
+
+def test_the_committed_lists_are_the_releases_and_tell_them_apart():
+    """Both lists exist and hold what each release is known to have and to lack: TensorRT 11 is strongly typed
+    only, so the FP16/INT8 builder flags and the explicit-batch flag are gone; both still have the runtime calls."""
+    ten, eleven = _release(10), _release(11)
+    for api in (ten, eleven):
+        assert {"Runtime.deserialize_cuda_engine", "Runtime.DLA_core", "IExecutionContext.execute_async_v3",
+                "TensorIOMode.INPUT", "ILogger.Severity", "Severity.ERROR", "<module>.nptype"} <= api
+    assert {"BuilderFlag.FP16", "BuilderFlag.INT8", "NetworkDefinitionCreationFlag.EXPLICIT_BATCH"} <= ten
+    assert missing(eleven, {"BuilderFlag.FP16", "NetworkDefinitionCreationFlag.EXPLICIT_BATCH"}, set()) == [
+        "trt.BuilderFlag.FP16", "trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH"]
+    assert missing(ten, set(), {"execute_async_v2"}) == [".execute_async_v2"]  # removed in 10.0
