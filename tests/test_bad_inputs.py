@@ -109,6 +109,9 @@ def files(tmp_path_factory, digits_model_dir, deploy_dir):
     _no_input_onnx(f["no_input"])
     f["three_classes"] = _image_folder(tmp_path / "three_classes", ["a", "b", "c"])
     f["one_class"] = _image_folder(tmp_path / "one_class", ["only"])
+    f["empty_class"] = _image_folder(tmp_path / "empty_class", ["a"])
+    (f["empty_class"] / "b").mkdir()
+    (f["empty_class"] / "b" / "notes.txt").write_text("not an image")  # two class folders, one without images
     f["corrupt"] = _image_folder(tmp_path / "corrupt", ["a", "b"])
     (f["corrupt"] / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     f["bomb"] = _image_folder(tmp_path / "bomb", ["a", "b"])
@@ -369,6 +372,8 @@ BAD = [
     ("eval: decompression bomb", ["eval", "{deploy}", "--data", "imagefolder:{bomb}"], "huge.png"),
     ("train: a single class", ["train", "vit_digits", "--data", "imagefolder:{one_class}", "--out", O],
      "at least 2 classes"),
+    ("train: a class folder without images", ["train", "vit_digits", "--data", "imagefolder:{empty_class}", "--epochs",
+                                              "1", "--out", O], "holds no readable images"),
     ("train: trained head, other classes", ["train", "{model}", "--data", "imagefolder:{three_classes}", "--epochs",
                                             "1", "--out", O], "--new-head"),
     ("eval: 10-class model on a 3-class folder", ["eval", "{deploy}", "--data", "imagefolder:{three_classes}"],

@@ -67,6 +67,17 @@ def _at_least_two(root: Path, classes: list[str]) -> None:
                         f"needs at least 2 classes")
 
 
+def _every_class_has_images(folder: Path, classes: list[str], samples: list) -> None:
+    """A class folder with no (readable) image gives the model a class it never sees: with two folders and one
+    empty, a classifier is right by construction again."""
+    seen = {int(t) for _, t in samples}
+    empty = [c for i, c in enumerate(classes) if i not in seen]
+    if empty:
+        exts = " ".join(get_img_extensions())
+        raise DataError(f"class folder {folder / empty[0]} holds no readable images ({len(empty)} of {len(classes)} "
+                        f"classes are empty; looked for {exts}): add images or remove the folder")
+
+
 def _matching_classes(train_dir: Path, val_dir: Path) -> list[str]:
     train, val = _class_dirs(train_dir), _class_dirs(val_dir)
     if not train:
@@ -151,6 +162,8 @@ class ImageFolderDataset(Dataset):
         if not samples:
             raise DataError(f"no readable images in {self.folder} ({len(self.skipped)} unreadable files skipped)")
         _at_least_two(self.folder, self.classes)
+        if self.split == "train" or self.layout == "single":  # a val/ folder may lack a class; training may not
+            _every_class_has_images(self.folder, self.classes, samples)
         self._ds.reader.samples = samples
         self._transform = _transform(self.data_config, is_training=self.augment)
 
