@@ -204,11 +204,33 @@ def structures_speed(r: dict) -> list[str]:
     return out
 
 
+def latency_budget(r: dict) -> list[str]:
+    """Per seed: the latency plan and the rate plan measured in one run against dense, what each keeps, and top-1."""
+    out = ["| seed | plan | embed width | MACs | latency ÷ dense (same run) | importance kept | one-shot top-1 (95 % CI) "
+           "| fine-tuned top-1 (95 % CI) |", "|---|---|---:|---:|---:|---:|---|---|",
+           f"| – | dense | 96 | {r['dense']['macs'] / 1e6:.2f} M | 1 | 100 % | {ci(r['dense'])} | – |"]
+    s = r["sides"]
+    for i, (seed, b) in enumerate(zip(r["seeds"], r["budget"])):
+        rb, total = b["rate_based"], b["total_importance"]
+        for name, label, shape, ms, kept in (
+                ("latency", f"latency plan ({r.get('latency_ratio', 0.5):g} × dense)", b["shape"],
+                 rb["budget_plan_measured_ms"], b["retained_importance"]),
+                ("rate", f"rate plan (rate {rb['rate']:.3f})", rb["shape"], rb["measured_ms"],
+                 rb["retained_importance"])):
+            out.append(f"| {seed} | {label} | {shape['embed']} | {s[name + '_pruned'][i]['macs'] / 1e6:.2f} M | "
+                       f"{ms / rb['dense_measured_ms']:.3f} | {100 * kept / total:.1f} % | {ci(s[name + '_pruned'][i])} | "
+                       f"{ci(s[name + '_finetuned'][i])} |")
+    out += [""] + DIFF_HEADER
+    for stage, label in (("pruned", "one-shot"), ("finetuned", "fine-tuned")):
+        out.append(f"| latency plan − rate plan, {label} | {diff(r['latency_minus_rate'][stage])} |")
+    return out
+
+
 TABLES = {"vtp": vtp, "mcf": mcf, "decompose": decompose, "hybrid": hybrid, "peer": peer,
           "vtp-curve": vtp_curve, "mcf-curve": mcf_curve, "structures": structures,
-          "structures-curve": structures_curve, "structures-speed": structures_speed}
+          "structures-curve": structures_curve, "structures-speed": structures_speed, "latency-budget": latency_budget}
 FILES = {"vtp-curve": "fashion_vtp", "mcf-curve": "fashion_mcf", "structures-curve": "fashion_structures",
-         "structures-speed": "prune_structures"}
+         "structures-speed": "prune_structures", "latency-budget": "fashion_latency_budget"}
 
 def fill_docs(names: list[str]) -> None:
     text = DOCS.read_text()

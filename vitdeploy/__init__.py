@@ -9,7 +9,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = ("load_model", "from_module", "info", "train", "compress", "export", "evaluate", "profile", "report",
-        "study_decomposition", "study_hybrid", "TrainResult", "CompressResult", "ExportResult", "EvalResult", "EvalRun",
+        "study_decomposition", "study_hybrid", "latency_table", "TrainResult", "CompressResult", "ExportResult", "EvalResult", "EvalRun",
         "ProfileResult", "ReportResult")
 __all__ = ["__version__", *_API]
 

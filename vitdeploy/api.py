@@ -206,24 +206,83 @@ class CompressResult:
 
 def compress(model: ModelLike, recipe: str, out: PathLike, *, data: Optional[str] = None,
              overrides: Union[Sequence[str], dict, None] = None, calib_images: Optional[int] = None,
-             resume: bool = False, **load: Any) -> CompressResult:
+             resume: bool = False, latency_table: Optional[PathLike] = None, **load: Any) -> CompressResult:
     """Compress with a packaged recipe name or a YAML path and write a model dir at `out`. `overrides` are
     `--set` items ("prune.rate=0.5") or a mapping ({"prune.rate": 0.5}); without `data` only training-free plans
-    run (e.g. {"prune.importance": "magnitude"})."""
+    run (e.g. {"prune.importance": "magnitude"}). `latency_table` plans a latency budget (latency-50) with a table
+    from `latency_table()` or a device kit instead of measuring one first."""
     from vitdeploy.compression.pipeline import run_compress
     from vitdeploy.compression.recipe import load_recipe, locate_recipe
     from vitdeploy.compression.train import seed_everything
     from vitdeploy.data import parse_data_spec
 
-    items = _override_items(overrides) + ([f"mcf.calib_images={calib_images}"] if calib_images is not None else [])
+    items = _override_items(overrides) + ([f"mcf.calib_images={calib_images}"] if calib_images is not None else []) \
+        + ([f"prune.budget.table={latency_table}"] if latency_table is not None else [])
     rec = load_recipe(recipe, items)
     source = locate_recipe(recipe)[1]
     if data is not None:
         parse_data_spec(data)
-    _guard_out(out, paths=[model, load.get("checkpoint"), recipe], data=[data])
+    budget = rec.prune.budget
+    if latency_table is not None and not budget.measured:
+        raise VitDeployError("--latency-table plans a latency budget, and this recipe sets none (prune.budget."
+                             "latency_ms or latency_ratio)")
+    _guard_out(out, paths=[model, load.get("checkpoint"), recipe, budget.table], data=[data])
     seed_everything(rec.seed)
     loaded = load_model(model, **load)
-    return CompressResult(Path(out), run_compress(loaded, rec, data, Path(out), source, resume=resume))
+    oracle = None
+    if budget.measured:
+        from vitdeploy.bench.latency_oracle import Oracle
+
+        if budget.table is None:
+            from vitdeploy.runtime import check_backend_available
+
+            check_backend_available(budget.backend)
+        oracle = Oracle(budget.backend, budget.batch, budget.threads, tuple(loaded.data_config["input_size"]),
+                        table_path=budget.table, name=str(model), seconds=budget.measure_seconds,
+                        alignment=rec.prune.alignment, min_keep=rec.prune.min_keep)
+    return CompressResult(Path(out), run_compress(loaded, rec, data, Path(out), source, resume=resume, latency=oracle))
+
+
+def latency_table(model: Optional[ModelLike], out: PathLike, *, backend: str = "ort-cpu", batch: int = 8,
+                  threads: Optional[int] = None, from_trtexec: Optional[PathLike] = None, **load: Any) -> str:
+    """Measure the latency table of `model` on `backend` at `batch` and write it to `out` (JSON); with backend
+    'trt', write a device kit to the folder `out` instead; with `from_trtexec`, read a kit that has run on the device
+    and write its table to `out`. Returns one line saying what was written."""
+    from vitdeploy.runtime import latency_table as lt
+
+    if from_trtexec is not None:
+        if model is not None:
+            raise VitDeployError("--from-trtexec reads the model's shape from the kit: give no MODEL with it")
+        _guard_out(out, paths=[from_trtexec])
+        table = lt.table_from_trtexec(Path(from_trtexec))
+        table.save(out)
+        return f"wrote {out}: {table.source}, batch {table.batch}; {_anchor_text(table)}"
+    if model is None:
+        raise VitDeployError("give MODEL (a model dir, timm name or checkpoint), or --from-trtexec DIR")
+    _guard_out(out, paths=[model, load.get("checkpoint")])
+    loaded = load_model(model, **load)
+    size = tuple(loaded.data_config["input_size"])
+    if backend == "trt":
+        from vitdeploy.io import staged_dir
+
+        with staged_dir(Path(out)) as stage:
+            lt.write_device_kit(loaded.model.eval(), stage, batch, size, name=str(model))
+        kit = Path(out)
+        return f"wrote {kit}: unit graphs and time_units.sh; run it on the device, then vitdeploy latency-table " \
+               f"--from-trtexec {kit} --out table.json"
+    table = lt.build_table(loaded.model.eval(), backend, batch, threads, size, name=str(model))
+    table.save(out)
+    worst = max((abs(c["error"]) for c in table.checks if c.get("error") is not None), default=0.0)
+    return f"wrote {out}: {backend} batch {batch}; {_anchor_text(table)}; interpolation off the grid within " \
+           f"{100 * worst:.0f} % at {len(table.checks)} checked widths"
+
+
+def _anchor_text(table) -> str:
+    a = table.anchor
+    if not a:
+        return f"dense model predicted at {table.dense_ms():.3f} ms (no whole-model anchor in this kit)"
+    return f"the dense model timed whole at {a['measured_ms']:.3f} ms, its units sum to {a['predicted_ms']:.3f} ms " \
+           f"({100 * a['error']:+.1f} %; units scaled by {table.scale:.3f})"
 
 
 def _override_items(overrides: Union[Sequence[str], dict, None]) -> list[str]:

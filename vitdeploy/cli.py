@@ -164,17 +164,54 @@ def _skipped_note(files: list[str]) -> str:
 @click.option("--calib-images", type=click.IntRange(min=1), metavar="N",
               help="MCF calibration images (sets mcf.calib_images; default 1024 or the whole train split)")
 @click.option("--resume", is_flag=True, help="continue from the checkpoints in OUT.ckpt/ after a crash or kill")
-def compress(model, checkpoint, arch, pretrained, recipe, data, out, overrides, calib_images, resume) -> None:
+@click.option("--latency-table", type=click.Path(dir_okay=False), metavar="FILE",
+              help="plan a latency budget with this table (vitdeploy latency-table) instead of measuring one first")
+def compress(model, checkpoint, arch, pretrained, recipe, data, out, overrides, calib_images, resume,
+             latency_table) -> None:
     """Compress MODEL with a recipe; writes a model dir with compress.json.
 
     Checkpoints are kept in OUT.ckpt/ until OUT is written; under torchrun training phases run with DDP."""
     r = api.compress(model, recipe, out, data=data, overrides=list(overrides), calib_images=calib_images,
-                     resume=resume, checkpoint=checkpoint, arch=arch, pretrained=pretrained).record
+                     resume=resume, latency_table=latency_table, checkpoint=checkpoint, arch=arch,
+                     pretrained=pretrained).record
     _print_kept(r["kept"], r["dense_blocks"])
+    if r.get("budget"):
+        for line in budget_lines(r["budget"]):
+            _out(line)
     acc = " → ".join(f"{100 * s['top1']:.2f} ({s['stage']})" for s in r["stages"] if s["top1"] is not None)
     red = r["reduction"]
     _out(f"wrote {out}: rate {red['rate']:.2f} removed {100 * red['params']:.1f} % of params and {100 * red['macs']:.1f} % "
          f"of MACs{'; top-1 % ' + acc if acc else ''}; pruned == masked within {r['equivalence']['max_abs_diff']:.1e}")
+
+
+def budget_lines(b: dict) -> list[str]:
+    """What a budget plan promised and reached, in a few lines (compress's output and the report)."""
+    from vitdeploy.runtime.latency_table import describe_budget
+
+    return describe_budget(b)
+
+
+# ------------------------------------------------------------------------------------------ latency-table
+@cli.command("latency-table", epilog=examples(
+    "vitdeploy latency-table deit_small_patch16_224 --backend ort-cpu --batch 8 --threads 2 --out deit_b8.json",
+    "vitdeploy latency-table --from-trtexec orin_kit/ --out orin_b1.json"))
+@click.argument("model", required=False)
+@model_options
+@click.option("--backend", default="ort-cpu", show_default=True,
+              type=click.Choice(["ort-cpu", "torch-cpu", "torch-cuda", "trt"]),
+              help="where the units are timed (trt: write a kit of unit graphs and a trtexec script for the device)")
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", type=click.IntRange(min=1), help="intra-op threads on CPU backends (default: physical cores)")
+@click.option("--from-trtexec", "kit", type=click.Path(file_okay=False), metavar="DIR",
+              help="read a device kit whose time_units.sh has run and write its table")
+@click.option("--out", required=True, type=click.Path(), help="table JSON to write (a folder for --backend trt)")
+def latency_table(model, checkpoint, arch, pretrained, backend, batch, threads, kit, out) -> None:
+    """Time each prunable unit of MODEL (attention, MLP, the fixed part) at grid widths on a backend: the table a
+    latency budget (recipe latency-50) plans with. With --backend trt it writes a kit of unit graphs and
+    time_units.sh (trtexec) to run on the device; --from-trtexec DIR then reads the kit's times into a table."""
+    r = api.latency_table(model, out, backend=backend, batch=batch, threads=threads, from_trtexec=kit,
+                          checkpoint=checkpoint, arch=arch, pretrained=pretrained)
+    _out(r)
 
 
 def _print_kept(kept: list[dict], dense: list[dict]) -> None:

@@ -137,7 +137,7 @@ def collect_run(run: Path, profiles: list[dict]) -> dict[str, Any]:
         "recipe": (compress or {}).get("recipe", {}).get("name"), "compressed": compress is not None,
         "accuracy": accuracy, "latency": latency, "blocks": block_table(loaded.arch, loaded.model.embed_dim),
         "kept": (compress or {}).get("kept"), "dense_blocks": (compress or {}).get("dense_blocks"),
-        "stages": _stages(compress) if compress else None,
+        "stages": _stages(compress) if compress else None, "budget": (compress or {}).get("budget"),
     }
 
 
@@ -446,6 +446,13 @@ def _compression_section(runs: list[dict], plots: dict[str, Any]) -> list[str]:
                   "| stage | params | MACs | top-1 (PyTorch) |", "|---|---|---|---|"]
         for s in run["stages"]:
             lines.append(f"| {s['stage']} | {_fmt_count(s.get('params'))} | {_fmt_count(s.get('macs'))} | {_pct(s.get('top1'))} |")
+        if run.get("budget"):
+            from vitdeploy.runtime.latency_table import describe_budget
+
+            lines += ["", *(f"- {line}" for line in describe_budget(run["budget"]))]
+            if run["budget"].get("measured_ms") is not None:
+                lines.append(f"- predicted vs measured per plan, and the rate-based plan beside it: "
+                             f"`{run['path']}/latency_budget.png`")
         if run["name"] in plots.get("kept_dims", {}):
             lines += ["", f"![dims kept per block]({plots['kept_dims'][run['name']]})"]
         lines.append("")

@@ -81,6 +81,7 @@ class CompressContext:
     train_set: Optional[Dataset] = None
     stages: list = field(default_factory=list)
     checkpoints: Optional[RunCheckpoints] = None
+    latency: Any = None  # a budget.LatencyOracle where a latency budget is planned (the API passes one in)
 
     @property
     def input_size(self) -> tuple:
@@ -116,11 +117,12 @@ class CompressContext:
 
 
 def make_context(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: Optional[Path] = None,
-                 resume: bool = False) -> CompressContext:
+                 resume: bool = False, latency: Any = None) -> CompressContext:
     """Seeds, loaders (when there is data), checkpoints (when there is an output) and the dense stage row."""
     seed_everything(recipe.seed)
     data_config = data_config_for(loaded, data)
-    ctx = CompressContext(loaded, recipe, data, data_config, loaded.model.to(distributed.device()).eval())
+    ctx = CompressContext(loaded, recipe, data, data_config, loaded.model.to(distributed.device()).eval(),
+                          latency=latency)
     if out is not None:
         ctx.checkpoints = RunCheckpoints(out, {"command": "compress", "model": loaded.source, "data": data,
                                                "recipe": recipe.to_dict()}, resume, recipe.checkpoint_every)

@@ -64,10 +64,11 @@ def decompose_stage(ctx: CompressContext, model: torch.nn.Module) -> dict:
 
 
 def run_compress(loaded: LoadedModel, recipe: Recipe, data: Optional[str], out: Path, recipe_source: str,
-                 resume: bool = False) -> dict:
+                 resume: bool = False, latency=None) -> dict:
     """Compression end to end: the recipe's method (from the method table), optional low-rank factoring, fine-tuning
-    (optionally distilled from the dense model), and a model dir with compress.json and the kept-dims plot."""
-    ctx = make_context(loaded, recipe, data, out, resume)
+    (optionally distilled from the dense model), and a model dir with compress.json and the kept-dims plot.
+    `latency` is the measuring backend of a latency budget (a budget.LatencyOracle)."""
+    ctx = make_context(loaded, recipe, data, out, resume, latency)
     result = run_method(ctx)
     pruned = result.model
     details = dict(result.details)
@@ -116,12 +117,18 @@ def _write(ctx: CompressContext, result: MethodResult, details: dict, finetune: 
 
 def _save(out: Path, model: torch.nn.Module, arch, ctx: CompressContext, report: dict) -> None:
     recipe, loaded = ctx.recipe, ctx.loaded
-    from vitdeploy.viz.plots import plot_kept_dims  # here, not at the top: importing compress loads no matplotlib
+    from vitdeploy.viz.plots import plot_budget, plot_kept_dims  # here: importing compress loads no matplotlib
 
-    with staged_dir(out) as stage:  # compress.json and the plot first, so the model dir's manifest covers them
+    with staged_dir(out) as stage:  # compress.json and the plots first, so the model dir's manifest covers them
         report["plot"] = plot_kept_dims(report["kept"], report["dense_blocks"], stage / "kept_dims.png",
                                         f"{recipe.name}: kept dims per block").name
+        plots = [report["plot"]]
+        budget = report.get("budget") or {}
+        if budget.get("measured_ms") is not None:
+            report["budget_plot"] = plot_budget(budget, stage / "latency_budget.png",
+                                                f"{recipe.name}: latency budget on {budget['backend']}").name
+            plots.append(report["budget_plot"])
         atomic_write_json(stage / "compress.json", report)
-        save_model_dir(stage, model, arch, ctx.data_config, manifest=("compress.json", report["plot"]),
+        save_model_dir(stage, model, arch, ctx.data_config, manifest=("compress.json", *plots),
                        classes=loaded.meta.get("classes"), provenance=report["provenance"],
                        compress={k: report[k] for k in ("recipe", "params", "macs", "top1")})

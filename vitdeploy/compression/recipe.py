@@ -42,6 +42,45 @@ class SparsityCfg(TrainCfg):
 
 
 SITE_CHOICES = ("embed", "attn_in", "attn_qk", "attn_out", "mlp_in", "mlp_hidden")
+BUDGET_KINDS = ("latency_ms", "latency_ratio", "macs_ratio", "params_ratio")
+BUDGET_SITES = ("embed", "attn_qk", "attn_out", "mlp_hidden")  # the sites a budget plan chooses widths for
+
+
+@dataclass
+class BudgetCfg:
+    """Plan the kept widths to a budget instead of a rate: the most importance whose cost fits (one kind at most)."""
+    latency_ms: Optional[float] = spec(None, lo=0, lo_open=True,
+                                       doc="absolute latency per call (ms) on `backend` at `batch`")
+    latency_ratio: Optional[float] = spec(None, lo=0, hi=1, lo_open=True,
+                                          doc="fraction of the dense model's latency, measured on `backend` at `batch`")
+    macs_ratio: Optional[float] = spec(None, lo=0, hi=1, lo_open=True, doc="fraction of the dense MACs (for comparison)")
+    params_ratio: Optional[float] = spec(None, lo=0, hi=1, lo_open=True,
+                                         doc="fraction of the dense params (for comparison)")
+    backend: str = spec("ort-cpu", choices=("ort-cpu", "torch-cpu", "torch-cuda", "trt"),
+                        doc="where the latency is measured and planned (trt: from a table built on the device)")
+    batch: int = spec(8, lo=1, doc="batch size the latency is planned for")
+    threads: Optional[int] = spec(None, lo=1, doc="intra-op threads on CPU backends (None: the physical cores)")
+    table: Optional[str] = spec(None, doc="a latency table JSON to plan with (vitdeploy latency-table, or the device "
+                                          "script for trt); None: measured here first")
+    verify: bool = spec(True, doc="measure the pruned model against the dense one and replan on a miss")
+    tolerance: float = spec(0.05, lo=0, lo_open=True, hi=1, doc="largest relative miss accepted without replanning")
+    replans: int = spec(2, lo=0, hi=5, doc="corrected replans at most after a miss")
+    measure_seconds: float = spec(12.0, lo=0, lo_open=True,
+                                  doc="seconds each whole model is timed per verification (interleaved, 20 rounds)")
+
+    def kind(self) -> tuple[Optional[str], Optional[float]]:
+        """(kind, value) of the one budget set, or (None, None)."""
+        given = [(k, getattr(self, k)) for k in BUDGET_KINDS if getattr(self, k) is not None]
+        return given[0] if given else (None, None)
+
+    @property
+    def active(self) -> bool:
+        return self.kind()[0] is not None
+
+    @property
+    def measured(self) -> bool:
+        """A latency budget: planned from a table and verified on a backend (MACs and params are counted)."""
+        return self.kind()[0] in ("latency_ms", "latency_ratio")
 
 
 @dataclass
@@ -65,6 +104,7 @@ class PruneCfg:
                          "its dim costs (a residual dim costs every layer), so the plan keeps the most importance "
                          "per MAC")
     taylor_images: int = spec(1024, lo=1, doc="train images the taylor importance is measured on (batches of 32)")
+    budget: BudgetCfg = field(default_factory=BudgetCfg)
 
 
 LAYER_CHOICES = ("qkv", "proj", "fc1", "fc2")
@@ -135,6 +175,28 @@ class Recipe:
         get_method(self.method).check_recipe(self)
         if self.decompose.enabled and len(set(self.decompose.layers)) != len(self.decompose.layers):
             raise RecipeError("recipe field 'decompose.layers' lists a layer twice")
+        b = self.prune.budget
+        given = [k for k in BUDGET_KINDS if getattr(b, k) is not None]
+        if len(given) > 1:
+            raise RecipeError(f"prune.budget sets both {given[0]} and {given[1]}: give one budget")
+        if b.active:
+            if self.method != "vtp":
+                raise RecipeError(f"prune.budget plans VTP's widths: method '{self.method}' has no budget planner")
+            other = [s for s in self.prune.sites if s not in BUDGET_SITES]
+            if other:
+                raise RecipeError(f"prune.budget chooses widths for the sites {', '.join(BUDGET_SITES)}; remove {other[0]} "
+                                  "from prune.sites")
+            if self.prune.remove_heads:
+                raise RecipeError("prune.budget keeps every head (the table times head-uniform widths): set "
+                                  "prune.remove_heads=false")
+            if self.prune.scope != "global":
+                raise RecipeError("prune.budget replaces the rate: prune.scope 'uniform' does not apply to it")
+            if self.decompose.enabled:
+                raise RecipeError("prune.budget plans the pruned widths, and low-rank factoring after it would change "
+                                  "the latency it planned: use one or the other")
+            if b.backend == "trt" and b.measured and b.table is None:
+                raise RecipeError("prune.budget.backend 'trt' plans from a table measured on the device: set "
+                                  "prune.budget.table (see vitdeploy latency-table --backend trt)")
         if self.prune.remove_heads and "attn_out" not in self.prune.sites:
             raise RecipeError("prune.remove_heads needs 'attn_out' in prune.sites (a head is removed when its v dims are)")
         return self

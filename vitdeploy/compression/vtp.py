@@ -272,11 +272,15 @@ def prune_with_reference(base: nn.Module, sites: list[str], gate_values: Scores,
     equal: the gated model with every dropped score zeroed, and, where the plan cuts the residual width, every
     LayerNorm on the residual stream normalising over the kept dims. `base` (ungated) is left untouched."""
     masked = gated_reference(base, sites, gate_values, keep, getattr(plan, "embed", None))
+    return sliced(base, sites, gate_values, plan), masked
+
+
+def sliced(base: nn.Module, sites: list[str], gate_values: Scores, plan: list[BlockPlan]) -> nn.Module:
+    """A copy of `base` with `gate_values` folded into its weights and the plan sliced out."""
     pruned = copy.deepcopy(base)
     attach_gates(pruned, sites, gate_values)
     fold_gates(pruned)
-    apply_plan(pruned, plan)
-    return pruned, masked
+    return apply_plan(pruned, plan)
 
 
 # ------------------------------------------------------------------------------------------------ the method
@@ -319,7 +323,11 @@ def run(ctx: CompressContext) -> MethodResult:
         gate_values = {k: torch.ones_like(v) for k, v in scores.items()}
 
     # the plan; the masked reference (gated, dropped scores zeroed); the pruned model (scores folded, then sliced)
-    plan, keep = plan_from_scores(base, scores, cfg)
+    budget = None
+    if cfg.budget.active:  # widths chosen to a budget (measured latency, MACs or params) instead of a rate
+        plan, keep, budget = _budget_plan(ctx, base, scores, gate_values)
+    else:
+        plan, keep = plan_from_scores(base, scores, cfg)
     pruned, masked = prune_with_reference(base, list(cfg.sites), gate_values, plan, keep)
     pruned = pruned.to(distributed.device())  # sliced modules are built on the CPU
     x, inputs = ctx.sample()
@@ -338,5 +346,25 @@ def run(ctx: CompressContext) -> MethodResult:
                    "kept_dims": sum(len(k) for k in keep.values())},
         equivalence=equivalence,
         details={"plan": plan_to_dict(plan), "embed": plan.embed, "importance": cfg.importance,
-                 "sparsity": sparsity_history},
+                 "sparsity": sparsity_history} | ({"budget": budget} if budget is not None else {}),
     )
+
+
+def _budget_plan(ctx: CompressContext, base: nn.Module, scores: Scores, gate_values: Scores) -> tuple[Plan, dict, dict]:
+    """The plan of prune.budget (see compression/budget.py), measured through the context's latency oracle."""
+    import dataclasses
+
+    from vitdeploy.compression.budget import plan_within_budget
+    from vitdeploy.progress import console
+
+    cfg = ctx.recipe.prune
+
+    def slicer(plan: Plan, keep: dict) -> nn.Module:
+        return sliced(base, list(cfg.sites), gate_values, plan).cpu().eval()
+
+    def rate_plan(rate: float) -> tuple[Plan, dict]:
+        return plan_from_scores(base, scores, dataclasses.replace(cfg, rate=rate))
+
+    bp, record = plan_within_budget(base, scores, cfg, ctx.latency, slicer, rate_plan,
+                                    log=lambda line: console.print(f"budget: {line}") if distributed.is_main() else None)
+    return bp.plan, bp.keep, record

@@ -11,7 +11,6 @@ import contextlib
 import copy
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,6 +20,7 @@ import torch
 
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import atomic_file
+from vitdeploy.runtime.trace import trace_to_onnx
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -76,17 +76,6 @@ def _check_input_size(input_size: tuple[int, int, int]) -> tuple[int, int, int]:
 def _example_input(batch: int, input_size: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn((batch, *input_size), generator=g, dtype=torch.float32)
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Hide the exporter's deprecation and tracer warnings from users; errors still propagate."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
-        yield
 
 
 # ------------------------------------------------------------------------------------------ file writing
@@ -231,32 +220,10 @@ def export_onnx(
 
     with _scratch_dir(path) as scratch, cpu_fp32_model(model) as m:
         raw = scratch / "model.onnx"
-        _trace_to_file(m, _example_input(batch, size), raw, int(opset), dynamic_axes)
+        trace_to_onnx(m, _example_input(batch, size), raw, int(opset), dynamic_axes, [INPUT_NAME], [OUTPUT_NAME])
         proto = onnx.load(str(raw))  # pulls in external data if torch wrote any (> 2 GiB models)
     write_onnx(proto, path)
     return path
-
-
-def _trace_to_file(model: torch.nn.Module, example: torch.Tensor, out: Path, opset: int,
-                   dynamic_axes: dict[str, dict[int, str]] | None) -> None:
-    # We choose the TorchScript (tracing) exporter on purpose, with dynamo=False: torch >= 2.9 defaults to the
-    # torch.export-based exporter, but the tracer is the mature path for ViTs (stable LayerNormalization/Erf
-    # graphs that TensorRT and onnx-graphsurgeon handle well, and simple dynamic_axes for the batch dim).
-    try:
-        with _quiet_exporter(), torch.no_grad():
-            torch.onnx.export(
-                model, (example,), str(out),
-                dynamo=False,
-                export_params=True,
-                opset_version=opset,
-                do_constant_folding=True,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes=dynamic_axes,
-            )
-    except torch.onnx.errors.OnnxExporterError as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VitDeployError(f"ONNX export failed: {msg}") from e
 
 
 # ----------------------------------------------------------------------------------------------- summary

@@ -258,3 +258,42 @@ def plot_int8_sensitivity(rows: list[dict], path: Path, title: str) -> Path:
     bottom.legend(handles=[Line2D([0], [0], color="tab:green", lw=6, label="INT8 in the plan"),
                            Line2D([0], [0], color="0.6", lw=6, label="returned to float")], fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_budget(b: dict, path: Path, title: str) -> Path:
+    """A latency budget plan at a glance: left, each plan's predicted and measured latency against the target (the
+    replans after a miss); right, this plan beside the rate-based plan at the same predicted latency: measured
+    latency and the share of the importance each keeps."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1.2, 1]})
+    rounds = b["rounds"]
+    xs = list(range(1, len(rounds) + 1))
+    left.plot(xs, [r["predicted_ms"] for r in rounds], "o--", color="tab:blue", label="predicted (table)")
+    left.plot(xs, [r["measured_ms"] for r in rounds], "s-", color="tab:orange", label="measured (interleaved)")
+    target = [r["target_ms"] for r in rounds]
+    tol = b.get("tolerance", 0.05)
+    left.fill_between(xs, [t * (1 - tol) for t in target], [t * (1 + tol) for t in target], color="tab:green",
+                      alpha=0.15, label=f"target ±{100 * tol:.0f} %")
+    left.plot(xs, target, "-", color="tab:green", linewidth=1)
+    left.set_xticks(xs, [f"plan {x}" for x in xs])
+    left.set_ylabel(f"ms per call, batch {b['batch']}")
+    ys = [r["predicted_ms"] for r in rounds] + [r["measured_ms"] for r in rounds] + target
+    left.set_ylim(0, max(ys) * 1.25)
+    left.set_xlim(0.6, len(xs) + 0.4)
+    left.legend(fontsize=8, loc="lower right")
+    left.grid(axis="y", alpha=0.3)
+    r = b.get("rate_based")
+    if r:
+        names = ["latency plan", f"rate plan ({r['rate']:.2f})"]
+        ms = [r["budget_plan_measured_ms"], r["measured_ms"]]
+        kept = [100 * b["retained_importance"] / b["total_importance"], 100 * r["retained_importance"] / b["total_importance"]]
+        bars = right.bar(names, kept, color=["tab:blue", "0.6"])
+        for bar, m, k in zip(bars, ms, kept):
+            right.text(bar.get_x() + bar.get_width() / 2, k, f"{k:.1f} %\n{m:.2f} ms", ha="center", va="bottom",
+                       fontsize=8)
+        right.set_ylim(0, 115)
+        right.set_ylabel("importance kept (%)")
+        right.set_title("at the same predicted latency", fontsize=9)
+    else:
+        right.axis("off")
+    fig.suptitle(title)
+    return save_figure(fig, path)
