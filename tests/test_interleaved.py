@@ -112,10 +112,13 @@ def test_advice_acts_on_distinguishable_differences_only():
 
 # ------------------------------------------------------------------------------------- a machine that drifts
 class DriftingMachine:
-    """Calls get 3x slower after `switch` calls in all: a slow spell of a shared machine in the middle of a run."""
+    """Calls get 3x slower after `switch` calls in all: a slow spell of a shared machine in the middle of a run.
+    Each call also varies by up to ±5 % (seeded), as real calls do: with bare sleeps the rounds agree to 0.2 %, and
+    the scheduler's own noise on a loaded test machine (0.4 %) then decides the verdict instead of the drift."""
 
     def __init__(self, switch: int) -> None:
         self.calls, self.switch = 0, switch
+        self.jitter = np.random.default_rng(0)
 
 
 class SleepRunner(Runner):
@@ -133,7 +136,8 @@ class SleepRunner(Runner):
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         self.machine.calls += 1
-        time.sleep(0.001 * (3 if self.machine.calls > self.machine.switch else 1))
+        spell = 3 if self.machine.calls > self.machine.switch else 1
+        time.sleep(0.001 * spell * (1 + 0.05 * self.machine.jitter.uniform(-1, 1)))
         return np.zeros((len(x), 10), dtype=np.float32)
 
 
