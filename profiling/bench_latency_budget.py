@@ -59,6 +59,8 @@ def main() -> None:
             "dense_prediction_error_absolute": first["dense_predicted_ms"] / first["dense_measured_ms"] - 1,
             "first_plan_prediction_error_absolute": first["predicted_ms"] / first["measured_ms"] - 1,
             "table_anchor": b["table"]["anchor"], "table_scale": b["table"]["scale"],
+            # a whole model at the middle of every grid axis, timed in the table's run: its fraction of dense, priced
+            "probe_fraction_error": b["table"]["probe"]["fraction_error"], "table_probe": b["table"]["probe"],
             "interpolation_checks": b["table"]["checks"],
             "macs_ratio": rep["macs"]["ratio"], "params_ratio": rep["params"]["ratio"],
             "shape": b["shape"], "gap": b["gap"],

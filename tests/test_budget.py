@@ -144,6 +144,10 @@ def test_a_measured_table_predicts_the_dense_model_and_checks_its_interpolation(
     assert t.widths[-1] == d.embed and t.hidden[-1] == d.hidden and t.qk[-1] == d.qk
     assert predict(t, shape_of(model)) == pytest.approx(t.dense_ms()) == pytest.approx(t.anchor["measured_ms"])
     assert t.anchor["predicted_ms"] > 0 and t.scale == pytest.approx(t.anchor["measured_ms"] / t.anchor["predicted_ms"])
+    w, qk, v, h = t.probe["shape"]  # the second whole model, at the middle of every grid axis
+    assert w == t.widths[len(t.widths) // 2] and h == t.hidden[len(t.hidden) // 2] and t.probe["measured_ms"] > 0
+    assert t.probe["fraction_error"] == pytest.approx(
+        (t.uniform_ms(w, qk, v, h) / t.dense_ms()) / (t.probe["measured_ms"] / t.anchor["measured_ms"]) - 1)
     assert t.checks and all(c["measured_ms"] > 0 for c in t.checks)
     assert t.host.get("cpu")
 
@@ -258,16 +262,21 @@ def test_the_device_kit_writes_unit_graphs_and_reads_trtexec_times_back(tmp_path
     first = onnx.load(str(kit / "units" / meta["units"][2]["file"]))
     assert first.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     (kit / "times").mkdir()
-    assert [u["unit"] for u in meta["units"]].count("model") == 1  # the anchor: the whole model, timed on the device
+    units = [u["unit"] for u in meta["units"]]
+    assert units.count("model") == units.count("probe") == 1  # the calibration's whole models, timed on the device
     for u in meta["units"]:
-        t = {"overhead": 0.01, "fixed": 0.1, "model": 2.0}.get(u["unit"], 0.001 * sum(u["at"]))
+        t = {"overhead": 0.01, "fixed": 0.1, "model": 2.0, "probe": 1.5}.get(u["unit"], 0.001 * sum(u["at"]))
         records = [{"startComputeMs": i, "computeMs": t, "latencyMs": t + 0.02} for i in range(5)]
         (kit / "times" / (u["file"][:-5] + ".json")).write_text(json.dumps(records))
     table = table_from_trtexec(kit)
     d = dense_dims(model)
     assert table.backend == "trt" and table.precision == "fp16"
     raw = 0.1 + d.depth * (0.001 * (2 * d.embed + d.qk + d.v + d.hidden) - 0.02)  # the units' sum for the dense model
+    w, q, v, h = table.probe["shape"]
+    praw = 0.1 + d.depth * (0.001 * (2 * w + q + v + h) - 0.02)
     assert table.anchor["measured_ms"] == 2.0 and table.anchor["predicted_ms"] == pytest.approx(raw)
+    assert table.probe["measured_ms"] == 1.5 and table.probe["predicted_ms"] == pytest.approx(praw)
+    assert table.probe["fraction_error"] == pytest.approx((praw / raw) / (1.5 / 2.0) - 1)
     assert table.scale == pytest.approx(2.0 / raw) and table.dense_ms() == pytest.approx(2.0)
     assert table.attn(d.embed, d.qk, d.v) == pytest.approx(table.scale * (0.001 * (d.embed + d.qk + d.v) - 0.01))
     with pytest.raises(VitDeployError, match="is missing"):

@@ -278,11 +278,13 @@ def latency_table(model: Optional[ModelLike], out: PathLike, *, backend: str = "
 
 
 def _anchor_text(table) -> str:
+    from vitdeploy.runtime.latency_table import probe_text
+
     a = table.anchor
     if not a:
         return f"dense model predicted at {table.dense_ms():.3f} ms (no whole-model anchor in this kit)"
     return f"the dense model timed whole at {a['measured_ms']:.3f} ms, its units sum to {a['predicted_ms']:.3f} ms " \
-           f"({100 * a['error']:+.1f} %; units scaled by {table.scale:.3f})"
+           f"({100 * a['error']:+.1f} %; units scaled by {table.scale:.3f})" + probe_text(table.probe)
 
 
 def _override_items(overrides: Union[Sequence[str], dict, None]) -> list[str]:

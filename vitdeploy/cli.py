@@ -176,19 +176,14 @@ def compress(model, checkpoint, arch, pretrained, recipe, data, out, overrides, 
                      pretrained=pretrained).record
     _print_kept(r["kept"], r["dense_blocks"])
     if r.get("budget"):
-        for line in budget_lines(r["budget"]):
+        from vitdeploy.runtime.latency_table import describe_budget
+
+        for line in describe_budget(r["budget"]):
             _out(line)
     acc = " → ".join(f"{100 * s['top1']:.2f} ({s['stage']})" for s in r["stages"] if s["top1"] is not None)
     red = r["reduction"]
     _out(f"wrote {out}: rate {red['rate']:.2f} removed {100 * red['params']:.1f} % of params and {100 * red['macs']:.1f} % "
          f"of MACs{'; top-1 % ' + acc if acc else ''}; pruned == masked within {r['equivalence']['max_abs_diff']:.1e}")
-
-
-def budget_lines(b: dict) -> list[str]:
-    """What a budget plan promised and reached, in a few lines (compress's output and the report)."""
-    from vitdeploy.runtime.latency_table import describe_budget
-
-    return describe_budget(b)
 
 
 # ------------------------------------------------------------------------------------------ latency-table

@@ -350,7 +350,8 @@ def plan_within_budget(model: nn.Module, scores: dict, cfg, oracle: Optional[Lat
     record = {"kind": kind, "value": value, "backend": table.backend, "batch": table.batch, "threads": table.threads,
               "table": {"source": table.source, "host": table.host, "model": table.model, "checks": table.checks,
                         "grid": {k: getattr(table, k) for k in ("widths", "qk", "v", "hidden")},
-                        "dense_predicted_ms": dense_pred, "anchor": table.anchor, "scale": table.scale},
+                        "dense_predicted_ms": dense_pred, "anchor": table.anchor, "probe": table.probe,
+                        "scale": table.scale},
               "predicted_ms": bp.predicted, "rounds": rounds, "retained_importance": bp.retained,
               "total_importance": bp.total, "gap": bp.gap, "shape": asdict(bp.shape),
               "correction": held_to / target, "tolerance": b.tolerance}

@@ -108,7 +108,11 @@ class LatencyTable:
     the same run: the interpolation error, measured. `anchor` is the whole dense model timed in the same run as the
     units: its measured ms, the units' raw sum for it and that sum's error (what the table misses of a whole model,
     free of the machine's drift). `scale` multiplies every unit (anchor over raw sum, so the dense model is
-    predicted at its measured time; 1.0 for an uncalibrated table)."""
+    predicted at its measured time; 1.0 for an uncalibrated table). `probe` is a second whole model, every width
+    at the middle of its grid axis, timed in the same run: `fraction_error` is the table's predicted fraction of
+    dense for it over its measured fraction, minus 1 (the table's error on a pruned shape, free of drift; a two-point
+    line through anchor and probe was tried as the calibration and dropped: on vit_fashion it moved other shapes'
+    predictions further off, because the error depends on which widths are cut, not on the size alone)."""
     backend: str
     batch: int
     threads: Optional[int]
@@ -123,6 +127,7 @@ class LatencyTable:
     overhead: list = field(default_factory=list)
     checks: list = field(default_factory=list)
     anchor: dict = field(default_factory=dict)
+    probe: dict = field(default_factory=dict)
     scale: float = 1.0
     host: dict = field(default_factory=dict)
     model: str = ""
@@ -171,17 +176,27 @@ class LatencyTable:
         return self.scale * float((1 - wt) * ((1 - ht) * self._mlp[wi, hi] + ht * self._mlp[wi, hj])
                                   + wt * ((1 - ht) * self._mlp[wj, hi] + ht * self._mlp[wj, hj]))
 
-    def dense_ms(self) -> float:
-        """The (scaled) prediction for the dense model the table was measured on."""
-        d = self.dims
-        return self.fixed(d["embed"]) + d["depth"] * (self.attn(d["embed"], d["qk"], d["v"])
-                                                      + self.mlp(d["embed"], d["hidden"]))
+    def uniform_ms(self, w: int, qk: int, v: int, hidden: int) -> float:
+        """The prediction for a whole model with every block at one shape."""
+        return self.fixed(w) + self.dims["depth"] * (self.attn(w, qk, v) + self.mlp(w, hidden))
 
-    def calibrate(self, measured_ms: float, apply: bool = True) -> None:
-        """Record the whole dense model timed with the units (`anchor`) and, with `apply`, scale the units to it."""
+    def dense_ms(self) -> float:
+        """The (calibrated) prediction for the dense model the table was measured on."""
+        d = self.dims
+        return self.uniform_ms(d["embed"], d["qk"], d["v"], d["hidden"])
+
+    def calibrate(self, measured_ms: float, probe: Optional[tuple[list[int], float]] = None, apply: bool = True) -> None:
+        """Record the whole models timed with the units (the dense `anchor`; `probe`: (w, qk, v, hidden) and its
+        measured ms) against the units' raw sums, and with `apply` scale the units to the anchor."""
         self.scale = 1.0
         raw = self.dense_ms()
         self.anchor = {"measured_ms": float(measured_ms), "predicted_ms": raw, "error": raw / measured_ms - 1.0}
+        self.probe = {}
+        if probe is not None:
+            shape, ms = probe
+            praw = self.uniform_ms(*shape)
+            self.probe = {"shape": list(shape), "measured_ms": float(ms), "predicted_ms": praw,
+                          "fraction_error": (praw / raw) / (ms / measured_ms) - 1.0}
         if apply and measured_ms > 0 and raw > 0:
             self.scale = float(measured_ms / raw)
 
@@ -292,18 +307,23 @@ def _one_block(model: nn.Module) -> nn.Module:
 
 
 def _shaped(one: nn.Module, dims: Dims, w: int, qk: int, v: int, hidden: int) -> nn.Module:
-    """The one-block copy sliced to the widths: the first dims of each site (timing does not care which), with the
-    same surgery pruning uses."""
+    """A copy of `one` (the one-block copy, or the whole model) with every block sliced to the widths: the first
+    dims of each site (timing does not care which), with the same surgery pruning uses."""
     m = copy.deepcopy(one)
-    blk = m.blocks[0]
-    if qk < dims.qk or v < dims.v:
-        blk.attn = slice_attention(blk.attn, dims.embed, None, torch.arange(qk).repeat(dims.heads, 1),
-                                   torch.arange(v).repeat(dims.heads, 1), None)
-    if hidden < dims.hidden:
-        blk.mlp = slice_mlp(blk.mlp, dims.embed, list(range(hidden)), None)
+    for blk in m.blocks:
+        if qk < dims.qk or v < dims.v:
+            blk.attn = slice_attention(blk.attn, dims.embed, None, torch.arange(qk).repeat(dims.heads, 1),
+                                       torch.arange(v).repeat(dims.heads, 1), None)
+        if hidden < dims.hidden:
+            blk.mlp = slice_mlp(blk.mlp, dims.embed, list(range(hidden)), None)
     if w < dims.embed:
         slice_embed(m, list(range(w)))
     return m.eval()
+
+
+def probe_shape(axes: dict[str, list[int]]) -> tuple[int, int, int, int]:
+    """The calibration's second whole model: every width at the middle point of its grid axis."""
+    return tuple(axes[k][len(axes[k]) // 2] for k in ("widths", "qk", "v", "hidden"))
 
 
 def unit(one: nn.Module, dims: Dims, kind: str, w: int, qk: int = 0, v: int = 0, hidden: int = 0) -> nn.Module:
@@ -403,8 +423,11 @@ def build_table(model: nn.Module, backend: str = "ort-cpu", batch: int = 8, thre
         jobs += [("mlp", (w, h), ("mlp", wi, hi)) for hi, h in enumerate(axes["hidden"])]
     checks = _check_points(dims, axes, alignment, min_keep)
     jobs += [(kind, at, None) for kind, at in checks]
-    jobs.append(("model", (dims.embed,), ("model",)))  # the anchor: the whole dense model, timed with the units
+    # the calibration: the whole dense model (the anchor) and a whole model at the grid's middle (the probe)
+    probe = probe_shape(axes)
+    jobs += [("model", (dims.embed,), ("model",)), ("probe", probe, ("probe",))]
     one = _one_block(model)
+    whole = copy.deepcopy(model).cpu().float().eval()
     n = dims.tokens
     with tempfile.TemporaryDirectory(prefix="vitdeploy-latency-") as tmp, _threads(backend, threads), \
             make_progress(transient=True) as bar:
@@ -412,8 +435,8 @@ def build_table(model: nn.Module, backend: str = "ort-cpu", batch: int = 8, thre
         ready = []
         for j, (kind, at, _) in enumerate(jobs):
             w = at[0]
-            x = torch.randn(batch, *input_size) if kind in ("fixed", "model") else torch.randn(batch, n, w)
-            mod = copy.deepcopy(model).cpu().float().eval() if kind == "model" else \
+            x = torch.randn(batch, *input_size) if kind in ("fixed", "model", "probe") else torch.randn(batch, n, w)
+            mod = whole if kind == "model" else _shaped(whole, dims, *at) if kind == "probe" else \
                 unit(one, dims, kind, w, *([at[1], at[2]] if kind == "attn" else []),
                      **({"hidden": at[1]} if kind == "mlp" else {}))
             ready.append(_Callable(mod, x, backend, threads, Path(tmp), f"u{j}"))
@@ -425,8 +448,8 @@ def build_table(model: nn.Module, backend: str = "ort-cpu", batch: int = 8, thre
     W, Q, V, Hh = (len(axes[k]) for k in ("widths", "qk", "v", "hidden"))
     overhead, fixed = np.zeros(W), np.zeros(W)
     attn, mlp = np.zeros((W, Q, V)), np.zeros((W, Hh))
-    whole = ms[-1]
-    for (kind, at, where), t in zip(jobs[:-1], ms[:-1]):
+    dense_ms, probe_ms = ms[-2], ms[-1]
+    for (kind, at, where), t in zip(jobs[:-2], ms[:-2]):
         if where is None:
             continue
         {"overhead": overhead, "fixed": fixed, "attn": attn, "mlp": mlp}[where[0]][where[1:]] = t
@@ -439,7 +462,7 @@ def build_table(model: nn.Module, backend: str = "ort-cpu", batch: int = 8, thre
                          model=name, precision="fp16" if backend == "torch-cuda" else "fp32",
                          source=f"measured ({rounds} rounds x {block} calls per unit, interleaved)")
     ov = lambda w: float(np.interp(w, axes["widths"], overhead))  # noqa: E731
-    for (kind, at), t in zip(checks, ms[len(ms) - 1 - len(checks):-1]):
+    for (kind, at), t in zip(checks, ms[len(ms) - 2 - len(checks):-2]):
         if kind == "attn":
             pred, got = table.attn(*at), t - ov(at[0])
         elif kind == "mlp":
@@ -448,7 +471,7 @@ def build_table(model: nn.Module, backend: str = "ort-cpu", batch: int = 8, thre
             pred, got = table.fixed(at[0]), t
         table.checks.append({"unit": kind, "at": list(at), "measured_ms": got, "interpolated_ms": pred,
                              "error": pred / got - 1.0 if got > 0 else None})
-    table.calibrate(whole, apply=calibrate)
+    table.calibrate(dense_ms, (list(probe), probe_ms), apply=calibrate)
     return table
 
 
@@ -476,6 +499,14 @@ def _check_points(dims: Dims, axes: dict, alignment: int, min_keep: float) -> li
     return out
 
 
+def probe_text(probe: Optional[dict]) -> str:
+    if not probe:
+        return ""
+    w, qk, v, h = probe["shape"]
+    return (f"; a whole model at widths {w}/{qk}/{v}/{h} timed with them is priced {100 * probe['fraction_error']:+.1f} % "
+            f"off its measured fraction of dense")
+
+
 def describe_budget(b: dict) -> list[str]:
     """compress.json's budget record in a few lines: the budget, predicted vs measured, the side-by-side."""
     kind, value = b["kind"], b["value"]
@@ -492,8 +523,8 @@ def describe_budget(b: dict) -> list[str]:
     anchor = b.get("table", {}).get("anchor") or {}
     if anchor:
         lines.append(f"budget: the table's units sum to {anchor['predicted_ms']:.2f} ms for the dense model, timed whole "
-                     f"in the same run at {anchor['measured_ms']:.2f} ms ({100 * anchor['error']:+.1f} %; units "
-                     f"scaled by {b['table'].get('scale', 1.0):.3f})")
+                     f"in the same run at {anchor['measured_ms']:.2f} ms ({100 * anchor['error']:+.1f} %; units scaled "
+                     f"by {b['table'].get('scale', 1.0):.3f})" + probe_text(b["table"].get("probe")))
     ci = b["rounds"][-1].get("ratio_ci95")
     lines.append(f"budget: predicted {b['predicted_ms']:.2f} ms, measured {b['measured_ms']:.2f} ms against dense "
                  f"{b['dense_measured_ms']:.2f} ms = {b['measured_ratio']:.3f}×"
@@ -519,18 +550,19 @@ def write_device_kit(model: nn.Module, out: Path, batch: int, input_size: tuple[
     (out / "units").mkdir(parents=True, exist_ok=True)
     one = _one_block(model)
     units, lines = [], []
-    specs = [("model", (dims.embed,))]  # the anchor: the whole dense model
+    specs = [("model", (dims.embed,)), ("probe", probe_shape(axes))]  # the calibration's two whole models
+    whole = copy.deepcopy(model).cpu().float().eval()
     for w in axes["widths"]:
         specs += [("overhead", (w,)), ("fixed", (w,))] + [("attn", (w, q, v)) for q in axes["qk"] for v in axes["v"]] \
             + [("mlp", (w, h)) for h in axes["hidden"]]
     for kind, at in specs:
         w = at[0]
         fname = f"{kind}_" + "_".join(map(str, at)) + ".onnx"
-        mod = copy.deepcopy(model).cpu().float().eval() if kind == "model" else \
+        mod = copy.deepcopy(whole) if kind == "model" else _shaped(whole, dims, *at) if kind == "probe" else \
             unit(one, dims, kind, w, *([at[1], at[2]] if kind == "attn" else []),
                  **({"hidden": at[1]} if kind == "mlp" else {}))
         mod = mod.half()
-        image = kind in ("fixed", "model")
+        image = kind in ("fixed", "model", "probe")
         x = (torch.randn(batch, *input_size) if image else torch.randn(batch, dims.tokens, w)).half()
         inp = "input" if image else UNIT_INPUT
         trace_to_onnx(mod, x, out / "units" / fname, 17, None, [inp], [UNIT_OUTPUT])
@@ -589,7 +621,7 @@ def table_from_trtexec(kit: Path, host: Optional[dict] = None) -> LatencyTable:
     axes = meta["axes"]
     W, Q, V, Hh = (len(axes[k]) for k in ("widths", "qk", "v", "hidden"))
     overhead, fixed, attn, mlp = np.zeros(W), np.zeros(W), np.zeros((W, Q, V)), np.zeros((W, Hh))
-    whole = None
+    whole, probe = None, None
     for u in meta["units"]:
         f = kit / "times" / (u["file"][:-5] + ".json")
         if not f.is_file():
@@ -606,6 +638,8 @@ def table_from_trtexec(kit: Path, host: Optional[dict] = None) -> LatencyTable:
         wi = axes["widths"].index(at[0])
         if u["unit"] == "model":
             whole = t
+        elif u["unit"] == "probe":
+            probe = (at, t)
         elif u["unit"] == "overhead":
             overhead[wi] = t
         elif u["unit"] == "fixed":
@@ -621,5 +655,5 @@ def table_from_trtexec(kit: Path, host: Optional[dict] = None) -> LatencyTable:
                         overhead=overhead.tolist(), host=host or {}, model=meta.get("model", ""), precision="fp16",
                         source=f"trtexec --exportTimes in {kit}")
     if whole is not None:  # kits written before the anchor have none
-        table.calibrate(whole)
+        table.calibrate(whole, probe)
     return table
