@@ -12,7 +12,9 @@ and out), which a whole model pays once, so it is taken out of every unit.
 Timing is interleaved: every unit at every width is warmed up, then timed in rounds, each round running every unit
 for a short block of calls in an order that rotates, so a slow spell of the machine lands on all of them alike;
 each unit's figure is the median of all its calls. Widths off the grid are timed in the same run and compared with
-the interpolation (`checks`): the interpolation error, measured.
+the interpolation (`checks`): the interpolation error, measured. So are two whole models: the dense one (the
+`anchor`, which the units are scaled to) and one at the middle of every grid axis (the `probe`): the table's error
+on a whole model, dense and pruned, free of the machine's drift.
 
 TensorRT: `write_device_kit` writes the unit graphs (FP16) and a script that times each with trtexec on the
 device; `table_from_trtexec` reads the times back into a table (`--latency-table FILE` plans with it).
@@ -404,9 +406,9 @@ def build_table(model: nn.Module, backend: str = "ort-cpu", batch: int = 8, thre
                 input_size: tuple[int, int, int] = (3, 224, 224), alignment: int = 8, min_keep: float = 0.1,
                 rounds: int = 6, block: int = 3, grid: Optional[dict] = None, name: str = "",
                 show_progress: bool = True, calibrate: bool = True) -> LatencyTable:
-    """Time every unit of `model` (a dense timm ViT) on `backend` at batch `batch` over the grid, the checks, and
-    the whole model as the anchor, all interleaved in one run; with `calibrate`, the units are scaled to the
-    anchor (`LatencyTable.calibrate`)."""
+    """Time every unit of `model` (a dense timm ViT) on `backend` at batch `batch` over the grid, the checks, the
+    whole model (the anchor) and a whole model at the grid's middle (the probe), all interleaved in one run; with
+    `calibrate`, the units are scaled to the anchor (`LatencyTable.calibrate`)."""
     if backend not in TABLE_BACKENDS:
         raise VitDeployError(f"latency tables are measured on {', '.join(TABLE_BACKENDS)} here; for TensorRT write "
                              "the device kit (vitdeploy latency-table --backend trt)")
