@@ -29,6 +29,7 @@ from vitdeploy.models import count_macs, count_params, load_model
 from vitdeploy.models.registry import TRAIN_DEFAULTS, VIT_FASHION_ARGS
 
 from common import wilson, write_result
+from fashion import DENSE, ROOT
 
 MODEL, DATA = "vit_fashion", "fashion-mnist"
 TARGET_TOP1, TARGET_MINUTES = 0.91, 15.0
@@ -112,11 +113,13 @@ def plot_curve(result: dict, path: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/fashion/dense"))
+    ap.add_argument("--out", type=Path, default=DENSE,
+                    help="the model dir (default: runs/fashion/dense in the repo, where the other Fashion benchmarks read it)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=None, help="override the default epochs (for a quick look)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    shown = os.path.relpath(args.out, ROOT)  # what the result file records: the path from the repo root
 
     torch.set_num_threads(args.threads)
     cfg = TrainCfg(**{**TRAIN_DEFAULTS[MODEL], **({"epochs": args.epochs} if args.epochs else {})})
@@ -133,14 +136,14 @@ def main() -> None:
         "splits": {"train": 55_000, "val": 5_000, "test": 10_000},
         "params": count_params(load_model(MODEL).model), "macs": count_macs(load_model(MODEL).model, (3, 28, 28)),
         "train_config": vars(cfg) | {"seed": args.seed},
-        "command": f"vitdeploy train {MODEL} --data {DATA} --out {args.out} (defaults from TRAIN_DEFAULTS)",
+        "command": f"vitdeploy train {MODEL} --data {DATA} --out {shown} (defaults from TRAIN_DEFAULTS)",
         "curve": curve,
         "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1),
         "load_average_1_5_15": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after]},
         "test": test,
         "targets": {"test_top1": f">= {TARGET_TOP1:.0%}", "train_minutes": f"<= {TARGET_MINUTES:g}"},
         "met": {"test_top1": test["top1"] >= TARGET_TOP1, "train_minutes": wall / 60 <= TARGET_MINUTES},
-        "model_dir": str(args.out),
+        "model_dir": shown,
     }, threads=args.threads)
     plot_curve(json.loads(Path(written).read_text()), Path(written).with_suffix(".png"))
 
