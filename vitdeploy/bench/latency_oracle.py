@@ -30,7 +30,6 @@ class Oracle:
         self.threads = threads
         self.table_path, self.seconds, self.rounds, self.name = table_path, seconds, rounds, name
         self.alignment, self.min_keep = alignment, min_keep
-        self.measurements: list[dict] = []
 
     def table(self, model: nn.Module) -> LatencyTable:
         if self.table_path is not None:
@@ -60,10 +59,7 @@ class Oracle:
         for label in models:
             r = rows[label]
             s = r.get("speedup") or {}
-            result[label] = {"ms": r["latency_ms"]["p50"], "speedup": s.get("speedup", 1.0), "ci95": s.get("ci95"),
-                             "rounds_ms": r["rounds_ms"]}
-        self.measurements.append({k: {"ms": v["ms"], "speedup": v["speedup"], "ci95": v["ci95"]}
-                                  for k, v in result.items()})
+            result[label] = {"ms": r["latency_ms"]["p50"], "speedup": s.get("speedup", 1.0), "ci95": s.get("ci95")}
         return result
 
     def _runner_factory(self, model: nn.Module, path: Path):

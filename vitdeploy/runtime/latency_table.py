@@ -212,12 +212,9 @@ class LatencyTable:
                                  f"has {theirs[diff]}); measure one with vitdeploy latency-table")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        return d
+        return asdict(self)
 
     def save(self, path: str | Path) -> Path:
-        from vitdeploy.io import atomic_write_json
-
         atomic_write_json(Path(path), self.to_dict())
         return Path(path)
 
