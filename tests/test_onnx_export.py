@@ -111,6 +111,47 @@ def test_export_does_not_mutate_model(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
+def _attention_variant(variant: str) -> torch.nn.Module:
+    from vitdeploy.models.surgery import PrunedAttention, slice_attention
+
+    if variant == "qk_norm":
+        torch.manual_seed(0)
+        return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10, depth=2,
+                                 qk_norm=True).eval()
+    m = tiny_vit()
+    if variant == "pruned":  # 2 of 3 heads, 40 q/k and 24 v dims each
+        m.blocks[0].attn = slice_attention(m.blocks[0].attn, 192, heads=[0, 2], qk_idx=torch.arange(40).expand(2, 40),
+                                           v_idx=torch.arange(24).expand(2, 24))
+    if variant == "low_rank":  # a factored qkv: the scale goes into its second factor
+        torch.manual_seed(1)
+        m.blocks[1].attn = PrunedAttention(192, 3, 64, 64, 64 ** -0.5, qkv_rank=32).eval()
+    return m.eval()
+
+
+@pytest.mark.parametrize("variant", ["dense", "pruned", "low_rank", "qk_norm"])
+def test_export_traces_attention_in_its_deploy_form(tmp_path, variant):
+    """q, k and v are split off the qkv output before any transpose (no 5-D transpose, no Squeeze) and the softmax
+    scale sits in the q rows of qkv (no Mul in front of a MatMul), except behind a q/k norm; the function is the
+    same and the caller's attention modules are the ones it had."""
+    from vitdeploy.deploy.graph import clean_graph
+
+    m = _attention_variant(variant)
+    attns = [b.attn for b in m.blocks]
+    path = export_onnx(m, tmp_path / "m.onnx", INPUT_SIZE)
+    assert [b.attn for b in m.blocks] == attns
+    assert parity(m, path, realistic_images(4))["max_abs_diff"] < 1e-4
+    g = clean_graph(onnx.load(str(path)))[0].graph
+    ops = [n.op_type for n in g.node]
+    assert "Squeeze" not in ops
+    assert all(len(next(a.ints for a in n.attribute if a.name == "perm")) == 4 for n in g.node if n.op_type == "Transpose"
+               and n.attribute and "blocks" in n.name)
+    muls = {n.output[0] for n in g.node if n.op_type == "Mul"}
+    weights = {t.name for t in g.initializer}
+    scaled = [n.name for n in g.node if n.op_type == "MatMul" and not weights & set(n.input)  # q·kᵀ and p·v
+              and any(i in muls for i in n.input)]
+    assert (len(scaled) == len(m.blocks)) if variant == "qk_norm" else not scaled
+
+
 class Exploding(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()

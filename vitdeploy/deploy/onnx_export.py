@@ -20,6 +20,7 @@ import torch
 
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import atomic_file
+from vitdeploy.models.surgery import deploy_form, restore_form
 from vitdeploy.runtime.trace import trace_to_onnx
 
 INPUT_NAME = "input"
@@ -220,7 +221,11 @@ def export_onnx(
 
     with _scratch_dir(path) as scratch, cpu_fp32_model(model) as m:
         raw = scratch / "model.onnx"
-        trace_to_onnx(m, _example_input(batch, size), raw, int(opset), dynamic_axes, [INPUT_NAME], [OUTPUT_NAME])
+        traced, swaps = deploy_form(m)
+        try:
+            trace_to_onnx(traced, _example_input(batch, size), raw, int(opset), dynamic_axes, [INPUT_NAME], [OUTPUT_NAME])
+        finally:
+            restore_form(swaps)
         proto = onnx.load(str(raw))  # pulls in external data if torch wrote any (> 2 GiB models)
     write_onnx(proto, path)
     return path

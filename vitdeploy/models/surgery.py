@@ -482,3 +482,49 @@ def slice_embed(model: nn.Module, keep: Index) -> nn.Module:
     if hasattr(model, "head_hidden_size"):
         model.head_hidden_size = len(keep_t)
     return model
+
+
+# ------------------------------------------------------------------------------------------------ deploy form
+def _deploy_attention(attn: nn.Module) -> Optional[PrunedAttention]:
+    """The same attention as `attn` in the form the exporter traces (None where `attn` is neither a timm Attention
+    with a plain qkv Linear nor a PrunedAttention): q, k and v split off the qkv output first, each reshaped and
+    transposed on its own (no 5-D transpose of the whole qkv output, so a QuantizeLinear after a head-split
+    moves up through the transpose and the transpose moves int8), and the softmax scale folded into the q rows
+    of qkv (its last factor when low-rank) where no q/k norm sits between, so the graph has no scale Mul in front
+    of the attention matmuls. New tensors only: `attn` is not changed."""
+    if isinstance(attn, Attention) and isinstance(attn.qkv, nn.Linear):
+        new = slice_attention(attn, attn.qkv.in_features)
+    elif isinstance(attn, PrunedAttention):
+        new = copy.deepcopy(attn)
+    else:
+        return None
+    if isinstance(new.q_norm, nn.Identity) and new.scale != 1.0:
+        last = new.qkv.up if isinstance(new.qkv, LowRankLinear) else new.qkv
+        rows = new.num_heads * new.qk_head_dim
+        with torch.no_grad():
+            last.weight[:rows] *= new.scale
+            if last.bias is not None:
+                last.bias[:rows] *= new.scale
+        new.scale = 1.0
+    return new.train(attn.training)
+
+
+def deploy_form(model: nn.Module) -> tuple[nn.Module, list[tuple[nn.Module, str, nn.Module]]]:
+    """Swap every attention module of `model` (or `model` itself, if it is one) for its deploy form (see
+    `_deploy_attention`); returns the module to trace and the (parent, name, original) swaps for `restore_form`.
+    The function is the same up to float rounding; the exporter's parity check holds it to that."""
+    if (root := _deploy_attention(model)) is not None:
+        return root, []
+    swaps = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if (new := _deploy_attention(child)) is not None:
+                swaps.append((parent, name, child))
+                setattr(parent, name, new)
+    return model, swaps
+
+
+def restore_form(swaps: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    """Put back the modules `deploy_form` swapped out."""
+    for parent, name, child in reversed(swaps):
+        setattr(parent, name, child)
