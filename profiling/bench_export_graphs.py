@@ -2,7 +2,8 @@
 
 1. DeiT-S (random weights: only structure matters): the raw TorchScript export vs our clean FP32 graph vs what
    onnxslim (benchmark-only comparison, `pip install onnxslim`) leaves of the raw export: nodes, ops, and ORT CPU
-   latency at batch 8 with 2 threads, interleaved. Target: clean nodes <= onnxslim's, 25 LayerNormalization, no Pow,
+   latency at batch 8 with 2 threads, interleaved; and the clean FP32 and INT8 graphs traced from timm's attention as
+   it is, against the deploy form the exporter traces (q/k/v split first, the softmax scale folded). Target: clean nodes <= onnxslim's, 25 LayerNormalization, no Pow,
    clean no slower than raw.
 2. DeiT-S ORT CPU latency at batch 8, 2 threads, interleaved: clean FP32 vs INT8 (Linear layers only, the default)
    vs INT8 with the attention matmuls too, and FP16 (for GPUs; ORT CPU has few FP16 kernels). Target: INT8 >= 1.5x
@@ -92,6 +93,15 @@ def deit_graphs(tmp: Path, iters: int, warmup: int, calib_images: int) -> dict[s
         paths[name] = tmp / f"{name}.onnx"
     write_onnx(convert_fp16(clean), tmp / "fp16.onnx")
     paths["fp16"] = tmp / "fp16.onnx"
+    # the same FP32 and INT8 (with attention) graphs from timm's attention as it is traced (one 5-D transpose of the
+    # whole qkv output, the softmax scale as a Mul on q and k): what the deploy form buys
+    asis = clean_graph(onnx.load(str(export_onnx(loaded.model, tmp / "raw_asis.onnx", loaded.input_size,
+                                                 deploy_attention=False))))[0]
+    write_onnx(asis, tmp / "clean_timm_attention.onnx")
+    write_onnx(quantize_int8(asis, calib, Int8Config(attention=True))[0], tmp / "int8_with_attention_timm_attention.onnx")
+    for name in ("clean_timm_attention", "int8_with_attention_timm_attention"):
+        paths[name] = tmp / f"{name}.onnx"
+        structure[name] = summary(paths[name])
 
     p50 = timed(paths, x, iters, warmup)
     nodes = {k: v["nodes"] for k, v in structure.items()}
@@ -103,6 +113,10 @@ def deit_graphs(tmp: Path, iters: int, warmup: int, calib_images: int) -> dict[s
         "int8_linear_speedup": round(p50["clean"] / p50["int8_linear"], 3),
         "int8_with_attention_speedup": round(p50["clean"] / p50["int8_with_attention"], 3),
         "fp16_speedup_on_ort_cpu": round(p50["clean"] / p50["fp16"], 3),
+        "deploy_attention_fp32_speedup": round(p50["clean_timm_attention"] / p50["clean"], 3),
+        "deploy_attention_int8_speedup": round(p50["int8_with_attention_timm_attention"] / p50["int8_with_attention"], 3),
+        "int8_with_attention_speedup_timm_attention": round(p50["clean_timm_attention"]
+                                                            / p50["int8_with_attention_timm_attention"], 3),
     }
     profile = {name: ort_op_profile(paths[name], "cpu", THREADS, x, runs=max(2, iters // 3), warmup=1, top=8)
                for name in ("clean", "int8_linear", "int8_with_attention")}

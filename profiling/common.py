@@ -54,22 +54,30 @@ def interleaved_p50(runs: dict[str, callable], iters: int, warmup: int = 5) -> d
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def ort_session(path: Path, threads: int):
-    """An ORT CPU session with pinned threads and spin-waiting off (vitdeploy's own session options): several live
-    sessions timed round-robin share the cores, and a spinning idle session would steal them from the one being
-    timed."""
+def ort_session(path: Path, threads: int, spin: bool = False):
+    """An ORT CPU session with pinned threads and spin-waiting off by default (vitdeploy's own session options):
+    several live sessions timed round-robin share the cores, and a spinning idle session would steal them from the
+    one being timed. `spin=True` is ORT's own default, what a server running one model gets; timed round-robin it
+    needs a pause between sessions (paired_speed_rows' `park_s`) so that the last one's threads stop spinning."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), session_options(threads, spin=False), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(threads, spin=spin), providers=["CPUExecutionProvider"])
 
 
 def export_variants(models: dict, folder: Path, size: tuple, rng: np.random.Generator,
-                    parity_images: int = 2) -> tuple[dict, dict]:
+                    parity_images: int = 2, clean: bool = False) -> tuple[dict, dict]:
     """Each model exported by vitdeploy's exporter and checked against PyTorch on seeded random images:
-    ({name: params, MACs, parity}, {name: graph path})."""
+    ({name: params, MACs, parity}, {name: graph path}). With `clean`, each graph also goes through the export's
+    cleanup passes (deploy/graph.clean_graph), as `vitdeploy export` ships it, and parity is that graph's."""
     stats, paths = {}, {}
     for name, model in models.items():
         paths[name] = export_onnx(model, Path(folder) / f"{name}.onnx", size)
+        if clean:
+            import onnx
+
+            from vitdeploy.deploy.graph import clean_graph
+
+            onnx.save(clean_graph(onnx.load(str(paths[name])))[0], str(paths[name]))
         p = parity(model, paths[name], rng.standard_normal((parity_images, *size), dtype=np.float32))
         stats[name] = {"params": count_params(model), "macs": count_macs(model, size),
                        "parity_max_abs_diff": p["max_abs_diff"], "parity_cosine": p["cosine"]}
@@ -134,13 +142,15 @@ def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = 10_000, see
 
 
 def paired_speed_rows(paths: dict, stats: dict, size: tuple, rng: np.random.Generator, threads: int, rounds: int,
-                      batches: tuple = (8, 1), baseline: str = "dense", per_round: int = 3) -> list[dict]:
+                      batches: tuple = (8, 1), baseline: str = "dense", per_round: int = 3, spin: bool = False,
+                      park_s: float = 0.05) -> list[dict]:
     """Per batch: the graphs timed round-robin (`per_round` runs each per round, the round's median kept), and each
     variant's paired speedup over the baseline with its bootstrap interval over rounds, the speedup ÷ MACs ratio
-    (its interval scaled alike), and the p50 of every graph."""
+    (its interval scaled alike), and the p50 of every graph. With `spin` (ORT's default session), each graph's
+    runs start `park_s` after the previous graph's, once that session's idle threads have stopped spinning."""
     from vitdeploy.bench.paired import paired_speedup
 
-    sessions = {k: ort_session(p, threads) for k, p in paths.items()}
+    sessions = {k: ort_session(p, threads, spin=spin) for k, p in paths.items()}
     rows = []
     for batch in batches:
         x = rng.standard_normal((batch, *size), dtype=np.float32)
@@ -150,13 +160,15 @@ def paired_speed_rows(paths: dict, stats: dict, size: tuple, rng: np.random.Gene
         per: dict[str, list[float]] = {k: [] for k in sessions}
         for _ in range(rounds):
             for k, s in sessions.items():
+                if spin:
+                    time.sleep(park_s)
                 t = []
                 for _ in range(per_round):
                     t0 = time.perf_counter()
                     s.run(None, {"input": x})
                     t.append((time.perf_counter() - t0) * 1e3)
                 per[k].append(float(np.median(t)))
-        row = {"batch": batch, "rounds": rounds, "p50_ms": {k: round(float(np.median(v)), 2) for k, v in per.items()},
+        row = {"batch": batch, "rounds": rounds, "spin": spin, "p50_ms": {k: round(float(np.median(v)), 2) for k, v in per.items()},
                "variants": {}}
         for k in paths:
             if k == baseline:
@@ -170,3 +182,36 @@ def paired_speed_rows(paths: dict, stats: dict, size: tuple, rng: np.random.Gene
                                   "speedup_over_macs_ratio_ci95": [round(lo / macs_ratio, 3), round(hi / macs_ratio, 3)]}
         rows.append(row)
     return rows
+
+
+def interleaved_op_profile(paths: dict, threads: int, x: np.ndarray, rounds: int = 20, warmup: int = 3,
+                           top: int = 14) -> dict:
+    """ORT's op profile of every graph, the runs taken round-robin across the graphs (one per graph per round) so
+    that the machine's drift falls on all alike and the per-op times can be compared between graphs: per graph the
+    kernel time per run and the `top` op types (ms per run)."""
+    import shutil
+    import tempfile
+
+    import onnxruntime as ort
+
+    from vitdeploy.runtime.onnxrt import summarize_ort_profile
+
+    scratch = Path(tempfile.mkdtemp(prefix="interleaved-op-profile."))
+    try:
+        sessions = {k: ort.InferenceSession(str(p), session_options(threads, spin=False, profile_prefix=str(scratch / k)),
+                                            providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+        for s in sessions.values():
+            for _ in range(warmup):
+                s.run(None, {"input": x})
+        names = list(sessions)
+        for r in range(rounds):
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                sessions[k].run(None, {"input": x})
+        out = {}
+        for k, s in sessions.items():
+            prof = summarize_ort_profile(json.loads(Path(s.end_profiling()).read_text()), skip_runs=warmup, top=top)
+            out[k] = {"kernel_ms": round(prof["kernel_ms_per_run"], 2),
+                      "by_op_type": {r["op_type"]: round(r["ms"], 3) for r in prof["by_op_type"]}}
+        return out
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -155,7 +155,9 @@ def mcf_curve(r: dict) -> list[str]:
 STRUCTURE_LABELS = {
     "four_site_magnitude": "four sites, magnitude (the old default plan)", "four_site_taylor": "four sites, taylor",
     "four_site_learned": "four sites, learned (vtp-40's sites)", "embed_magnitude": "embed + q/k + v + hidden, magnitude",
-    "embed_learned": "embed + q/k + v + hidden, learned", "embed_taylor": "embed + q/k + v + hidden, taylor",
+    "embed_learned": "embed + q/k + v + hidden, learned",
+    "embed_learned_a16": "embed + q/k + v + hidden, learned, multiples of 16",
+    "embed_taylor": "embed + q/k + v + hidden, taylor",
     "embed_taylor_per_mac": "embed + q/k + v + hidden, taylor per MAC",
     "no_embed_taylor_per_mac": "q/k + v + hidden, taylor per MAC",
     "peer_uniform_l2": "Torch-Pruning ViT recipe, L2", "peer_uniform_taylor": "Torch-Pruning ViT recipe, Taylor",
@@ -191,16 +193,24 @@ def structures_curve(r: dict) -> list[str]:
 
 
 def structures_speed(r: dict) -> list[str]:
-    out = ["| plan (DeiT-S, ORT CPU, 2 threads) | embed width | MACs ratio | batch 8: speedup (95 % CI) | ÷ MACs ratio "
-           "| batch 1: speedup (95 % CI) | ÷ MACs ratio |", "|---|---:|---:|---|---:|---|---:|"]
-    b8, b1 = (next(x for x in r["rows"] if x["batch"] == b) for b in (8, 1))
-    for k, v8 in b8["variants"].items():
-        v1 = b1["variants"][k]
-        lo8, hi8 = v8["speedup_ci95"]
-        lo1, hi1 = v1["speedup_ci95"]
-        out.append(f"| {k} | {r['settings'][k]['embed_dim']} | {v8['macs_ratio']:.3f}× | {v8['speedup']:.3f}× "
-                   f"({lo8:.3f}–{hi8:.3f}) | {v8['speedup_over_macs_ratio']:.3f} | {v1['speedup']:.3f}× ({lo1:.3f}–{hi1:.3f})"
-                   f" | {v1['speedup_over_macs_ratio']:.3f} |")
+    """Per plan: speedup and ÷ MACs ratio at batch 8 and 1, spin-waiting off (the interleaving default) and, where
+    the result has them, with ORT's default session (spinning on)."""
+    modes = [m for m in (False, True) if any(x.get("spin", False) == m for x in r["rows"])]
+    head, rule = "| plan (DeiT-S, ORT CPU, 2 threads) | embed width | MACs ratio |", "|---|---:|---:|"
+    for m in modes:
+        for b in (8, 1):
+            head += f" b{b}{', spin' if m else ''}: speedup (95 % CI) | ÷ MACs |"
+            rule += "---|---:|"
+    out = [head, rule]
+    rows = {(x.get("spin", False), x["batch"]): x for x in r["rows"]}
+    for k in rows[(False, 8)]["variants"]:
+        line = f"| {k} | {r['settings'][k]['embed_dim']} | {rows[(False, 8)]['variants'][k]['macs_ratio']:.3f}× |"
+        for m in modes:
+            for b in (8, 1):
+                v = rows[(m, b)]["variants"][k]
+                lo, hi = v["speedup_ci95"]
+                line += f" {v['speedup']:.3f}× ({lo:.3f}–{hi:.3f}) | {v['speedup_over_macs_ratio']:.3f} |"
+        out.append(line)
     return out
 
 
@@ -250,7 +260,8 @@ def show(name: str) -> None:
         print(f"(no {path.name} yet)\n")
         return
     r = json.loads(path.read_text())
-    print(f"### {name}: {r.get('comparison', r['benchmark'])}\n\n{r.get('schedule_text', '')}; wall {r['wall_s'] / 60:.0f} min\n")
+    wall = f"; wall {r['wall_s'] / 60:.0f} min" if "wall_s" in r else ""
+    print(f"### {name}: {r.get('comparison', r['benchmark'])}\n\n{r.get('schedule_text', '')}{wall}\n")
     print("\n".join(TABLES[name](r)))
     for k, v in r.get("verdicts", {}).items():
         print(f"- {k}: {v}")

@@ -150,6 +150,9 @@ def test_export_traces_attention_in_its_deploy_form(tmp_path, variant):
     scaled = [n.name for n in g.node if n.op_type == "MatMul" and not weights & set(n.input)  # q·kᵀ and p·v
               and any(i in muls for i in n.input)]
     assert (len(scaled) == len(m.blocks)) if variant == "qk_norm" else not scaled
+    if variant == "dense":  # traced as it is, timm's attention keeps its 5-D transpose and its scale Muls
+        asis = clean_graph(onnx.load(str(export_onnx(m, tmp_path / "asis.onnx", INPUT_SIZE, deploy_attention=False))))[0]
+        assert "Squeeze" in [n.op_type for n in asis.graph.node] and len(asis.graph.node) > len(g.node)
 
 
 class Exploding(torch.nn.Module):

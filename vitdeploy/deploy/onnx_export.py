@@ -196,11 +196,13 @@ def export_onnx(
     dynamic_batch: bool = True,
     static_batch: int | None = None,
     trace_batch: int = 2,
+    deploy_attention: bool = True,
 ) -> Path:
     """Export `model` (NCHW float32 in, logits out) to ONNX at `path` and return the path.
 
     Input is named `input`, output `logits`. By default the batch dim is symbolic ("batch"); with
-    `static_batch=N` the graph is traced at batch N and every shape is fixed.
+    `static_batch=N` the graph is traced at batch N and every shape is fixed. Attention is traced in its deploy form
+    (models/surgery.deploy_form); `deploy_attention=False` traces the modules as they are (for comparisons).
     """
     path = Path(path)
     size = _check_input_size(input_size)
@@ -221,7 +223,7 @@ def export_onnx(
 
     with _scratch_dir(path) as scratch, cpu_fp32_model(model) as m:
         raw = scratch / "model.onnx"
-        traced, swaps = deploy_form(m)
+        traced, swaps = deploy_form(m) if deploy_attention else (m, [])
         try:
             trace_to_onnx(traced, _example_input(batch, size), raw, int(opset), dynamic_axes, [INPUT_NAME], [OUTPUT_NAME])
         finally:
