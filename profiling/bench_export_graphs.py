@@ -3,8 +3,8 @@
 1. DeiT-S (random weights: only structure matters): the raw TorchScript export vs our clean FP32 graph vs what
    onnxslim (benchmark-only comparison, `pip install onnxslim`) leaves of the raw export: nodes, ops, and ORT CPU
    latency at batch 8 with 2 threads, interleaved; and the clean FP32 and INT8 graphs traced from timm's attention as
-   it is, against the deploy form the exporter traces (q/k/v split first, the softmax scale folded). Target: clean nodes <= onnxslim's, 25 LayerNormalization, no Pow,
-   clean no slower than raw.
+   it is, against the deploy form the exporter traces (q/k/v split first, the softmax scale folded). Target: clean
+   nodes <= onnxslim's, 25 LayerNormalization, no Pow, clean no slower than raw.
 2. DeiT-S ORT CPU latency at batch 8, 2 threads, interleaved: clean FP32 vs INT8 (Linear layers only, the default)
    vs INT8 with the attention matmuls too, and FP16 (for GPUs; ORT CPU has few FP16 kernels). Target: INT8 >= 1.5x
    FP32. The INT8 op profile shows which kernels run in int8 after ORT's fusions.

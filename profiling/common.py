@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from vitdeploy.runtime.host import host_info
-from vitdeploy.runtime.onnxrt import session_options
+from vitdeploy.runtime.onnxrt import session_options, summarize_ort_profile
+from vitdeploy.deploy.graph import clean_graph
 from vitdeploy.deploy.onnx_export import export_onnx, parity
 from vitdeploy.io import atomic_write_json
 from vitdeploy.models import count_macs, count_params
@@ -54,14 +58,16 @@ def interleaved_p50(runs: dict[str, callable], iters: int, warmup: int = 5) -> d
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def ort_session(path: Path, threads: int, spin: bool = False):
+def ort_session(path: Path, threads: int, spin: bool = False, profile_prefix: str | None = None):
     """An ORT CPU session with pinned threads and spin-waiting off by default (vitdeploy's own session options):
     several live sessions timed round-robin share the cores, and a spinning idle session would steal them from the
     one being timed. `spin=True` is ORT's own default, what a server running one model gets; timed round-robin it
-    needs a pause between sessions (paired_speed_rows' `park_s`) so that the last one's threads stop spinning."""
+    needs a pause between sessions (paired_speed_rows' `park_s`) so that the last one's threads stop spinning.
+    `profile_prefix` turns on ORT's profiler."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), session_options(threads, spin=spin), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(threads, spin=spin, profile_prefix=profile_prefix),
+                                providers=["CPUExecutionProvider"])
 
 
 def export_variants(models: dict, folder: Path, size: tuple, rng: np.random.Generator,
@@ -73,10 +79,6 @@ def export_variants(models: dict, folder: Path, size: tuple, rng: np.random.Gene
     for name, model in models.items():
         paths[name] = export_onnx(model, Path(folder) / f"{name}.onnx", size)
         if clean:
-            import onnx
-
-            from vitdeploy.deploy.graph import clean_graph
-
             onnx.save(clean_graph(onnx.load(str(paths[name])))[0], str(paths[name]))
         p = parity(model, paths[name], rng.standard_normal((parity_images, *size), dtype=np.float32))
         stats[name] = {"params": count_params(model), "macs": count_macs(model, size),
@@ -168,8 +170,8 @@ def paired_speed_rows(paths: dict, stats: dict, size: tuple, rng: np.random.Gene
                     s.run(None, {"input": x})
                     t.append((time.perf_counter() - t0) * 1e3)
                 per[k].append(float(np.median(t)))
-        row = {"batch": batch, "rounds": rounds, "spin": spin, "p50_ms": {k: round(float(np.median(v)), 2) for k, v in per.items()},
-               "variants": {}}
+        row = {"batch": batch, "rounds": rounds, "spin": spin,
+               "p50_ms": {k: round(float(np.median(v)), 2) for k, v in per.items()}, "variants": {}}
         for k in paths:
             if k == baseline:
                 continue
@@ -189,17 +191,9 @@ def interleaved_op_profile(paths: dict, threads: int, x: np.ndarray, rounds: int
     """ORT's op profile of every graph, the runs taken round-robin across the graphs (one per graph per round) so
     that the machine's drift falls on all alike and the per-op times can be compared between graphs: per graph the
     kernel time per run and the `top` op types (ms per run)."""
-    import shutil
-    import tempfile
-
-    import onnxruntime as ort
-
-    from vitdeploy.runtime.onnxrt import summarize_ort_profile
-
     scratch = Path(tempfile.mkdtemp(prefix="interleaved-op-profile."))
     try:
-        sessions = {k: ort.InferenceSession(str(p), session_options(threads, spin=False, profile_prefix=str(scratch / k)),
-                                            providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+        sessions = {k: ort_session(p, threads, profile_prefix=str(scratch / k)) for k, p in paths.items()}
         for s in sessions.values():
             for _ in range(warmup):
                 s.run(None, {"input": x})
