@@ -486,19 +486,20 @@ def slice_embed(model: nn.Module, keep: Index) -> nn.Module:
 
 # ------------------------------------------------------------------------------------------------ deploy form
 def _deploy_attention(attn: nn.Module) -> Optional[PrunedAttention]:
-    """The same attention as `attn` in the form the exporter traces (None where `attn` is neither a timm Attention
-    with a plain qkv Linear nor a PrunedAttention): q, k and v split off the qkv output first, each reshaped and
+    """The same attention as `attn` in the form the exporter traces (None where there is nothing to change: neither a
+    timm Attention with a plain qkv Linear nor a PrunedAttention with a scale to fold): q, k and v split off the qkv output first, each reshaped and
     transposed on its own (no 5-D transpose of the whole qkv output, so a QuantizeLinear after a head-split
     moves up through the transpose and the transpose moves int8), and the softmax scale folded into the q rows
     of qkv (its last factor when low-rank) where no q/k norm sits between, so the graph has no scale Mul in front
     of the attention matmuls. New tensors only: `attn` is not changed."""
+    foldable = isinstance(getattr(attn, "q_norm", None), nn.Identity) and float(getattr(attn, "scale", 1.0)) != 1.0
     if isinstance(attn, Attention) and isinstance(attn.qkv, nn.Linear):
         new = slice_attention(attn, attn.qkv.in_features)
-    elif isinstance(attn, PrunedAttention):
+    elif isinstance(attn, PrunedAttention) and foldable:  # already split first: a copy only to fold the scale
         new = copy.deepcopy(attn)
     else:
         return None
-    if isinstance(new.q_norm, nn.Identity) and new.scale != 1.0:
+    if foldable:
         last = new.qkv.up if isinstance(new.qkv, LowRankLinear) else new.qkv
         rows = new.num_heads * new.qk_head_dim
         with torch.no_grad():
